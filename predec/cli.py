@@ -1,0 +1,60 @@
+"""The ``predec`` command line: one sub-command per module in :mod:`predec.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+import predec
+
+# Sub-command name -> module under predec.commands. Each module defines
+# ``add_arguments(parser)`` and ``run(args) -> int``, plus a module docstring whose first line is the help.
+COMMANDS: dict[str, str] = {
+    "demo": "demo",
+    "data": "data",
+    "pretrain": "pretrain",
+    "train": "train",
+    "eval": "evaluate",
+    "predict": "predict",
+    "export": "export",
+    "bench": "bench",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="predec",
+        description="Dense prediction (segmentation, depth) with pre-trained decoders (xNet, DeCon).",
+    )
+    parser.add_argument("--version", action="version", version=f"predec {predec.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"predec.commands.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"predec.commands.{module_name}":
+                raise
+            continue  # not implemented yet
+        doc = (module.__doc__ or name).strip().splitlines()[0]
+        cmd = sub.add_parser(name, help=doc, description=module.__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``predec`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

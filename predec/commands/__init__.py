@@ -1,0 +1,1 @@
+"""Sub-commands of the ``predec`` CLI (see :mod:`predec.cli`)."""
