@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # not implemented yet
         doc = (module.__doc__ or name).strip().splitlines()[0]
-        cmd = sub.add_parser(name, help=doc, description=module.__doc__,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd = sub.add_parser(
+            name, help=doc, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
     return parser

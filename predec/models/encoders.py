@@ -117,6 +117,7 @@ class TimmBackbone(nn.Module):
         h, w = x.shape[-2:]
         return [
             F.interpolate(f, size=(h // r, w // r), mode="bilinear", align_corners=False)
-            if f.shape[-2:] != (h // r, w // r) else f
+            if f.shape[-2:] != (h // r, w // r)
+            else f
             for f, r in zip(feats, self.reductions)
         ]
