@@ -161,6 +161,10 @@ def test_depth_metrics_bad_input():
         depth_metrics(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2), min_depth=1e-3, max_depth=10, crop="nyu")
     with pytest.raises(ValueError, match="480"):
         depth_metrics(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2), min_depth=1e-3, max_depth=10, crop="eigen")
+    with pytest.raises(ValueError, match="min_depth > 0"):
+        DepthMetricAccumulator(min_depth=0.0, max_depth=10.0)
+    with pytest.raises(ValueError, match="garg"):
+        DepthMetricAccumulator(min_depth=1e-3, max_depth=80.0, crop="kitti")
 
 
 def test_accumulator_averages_per_image_not_pooled_and_skips_empty_images():

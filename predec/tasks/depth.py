@@ -39,6 +39,14 @@ def _check_range(min_depth: float, max_depth: float | None) -> None:
         raise ValueError(f"max_depth must be > min_depth; got min_depth={min_depth}, max_depth={max_depth}.")
 
 
+def _check_eval_min_depth(min_depth: float) -> None:
+    if min_depth <= 0:
+        raise ValueError(
+            f"Depth evaluation needs min_depth > 0 (predictions are clamped to it, then logged); got {min_depth}. "
+            "The NYU and KITTI protocols use 1e-3."
+        )
+
+
 def valid_depth_mask(gt: Tensor, min_depth: float, max_depth: float | None = None) -> Tensor:
     """Pixels with usable ground truth: ``min_depth < gt`` and, if given, ``gt < max_depth``.
 
@@ -251,8 +259,7 @@ def depth_metrics(
     _check_depth_tensor("pred", pred)
     _check_depth_tensor("gt", gt)
     _check_range(min_depth, max_depth)
-    if min_depth <= 0:
-        raise ValueError(f"depth_metrics needs min_depth > 0 (logarithms of clamped predictions); got {min_depth}.")
+    _check_eval_min_depth(min_depth)
     if pred.shape != gt.shape:
         raise ValueError(
             f"Prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in shape; resize the "
@@ -302,6 +309,9 @@ class DepthMetricAccumulator:
 
     def __init__(self, *, min_depth: float, max_depth: float, crop: str | Tensor | None = None) -> None:
         _check_range(min_depth, max_depth)
+        _check_eval_min_depth(min_depth)
+        if isinstance(crop, str) and crop not in CROP_MASKS:
+            raise ValueError(f"Unknown depth evaluation crop {crop!r}; valid: {', '.join(CROP_MASKS)} or None.")
         self.min_depth = min_depth
         self.max_depth = max_depth
         self.crop = crop
