@@ -1,0 +1,117 @@
+"""Recipe loading: YAML + dotted overrides, schema validation, round trip through the saved config."""
+
+from __future__ import annotations
+
+import pytest
+
+from predec.config import (
+    ConfigError,
+    DenseConfig,
+    apply_overrides,
+    diff_configs,
+    find_recipe,
+    list_recipes,
+    load_config,
+    save_config,
+    to_dict,
+)
+
+RECIPE = """
+name: toy
+model: {arch: fpn, encoder: test_resnet, task: segmentation, num_classes: 5}
+optim: {name: sgd, lr: 0.01}
+trainer: {max_steps: 20}
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "toy.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+def test_load_defaults_and_values(recipe):
+    cfg = load_config(recipe)
+    assert isinstance(cfg, DenseConfig)
+    assert cfg.model.encoder == "test_resnet" and cfg.model.num_classes == 5
+    assert cfg.optim.name == "sgd" and cfg.optim.lr == 0.01
+    assert cfg.optim.weight_decay == 0.01  # default kept
+    assert cfg.trainer.max_steps == 20
+
+
+def test_overrides_parsed_with_yaml(recipe):
+    cfg = load_config(
+        recipe,
+        ["optim.lr=1e-4", "eval.scales=[0.5, 1.0]", "model.decoder=null", "trainer.devices=auto", "optim.betas=[0.8, 0.9]"],
+    )
+    assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.eval.scales == [0.5, 1.0]
+    assert cfg.model.decoder is None
+    assert cfg.trainer.devices == "auto"
+    assert cfg.optim.betas == (0.8, 0.9)
+
+
+def test_int_accepted_for_float_but_not_bool_for_int(recipe):
+    assert load_config(recipe, ["optim.lr=1"]).optim.lr == 1.0
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps.*expected int.*bool"):
+        load_config(recipe, ["trainer.max_steps=true"])
+
+
+def test_wrong_type_names_key_and_type(recipe):
+    with pytest.raises(ConfigError, match=r"'optim\.lr': expected float, got str 'fast'") as err:
+        load_config(recipe, ["optim.lr=fast"])
+    assert str(recipe) in str(err.value)
+    with pytest.raises(ConfigError, match=r"'data\.crop_size\[1\]': expected int"):
+        load_config(recipe, ["data.crop_size=[32, x]"])
+    with pytest.raises(ConfigError, match=r"'model': expected a mapping"):
+        load_config(recipe, ["model=3"])
+
+
+def test_unknown_key_lists_valid_keys_and_close_match(recipe):
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe, ["optim.lrr=0.1"])
+    message = str(err.value)
+    assert "optim.lrr" in message and "Did you mean 'lr'" in message
+    assert "weight_decay" in message and "momentum" in message  # valid keys listed
+    with pytest.raises(ConfigError, match=r"Unknown config key 'trainr'.*Did you mean 'trainer'"):
+        load_config({"trainr": {}})
+
+
+def test_literal_choices(recipe):
+    with pytest.raises(ConfigError, match=r"'optim\.name': 'adam' is not one of 'adamw', 'sgd', 'lars'"):
+        load_config(recipe, ["optim.name=adam"])
+
+
+def test_bad_override_syntax(recipe):
+    with pytest.raises(ConfigError, match="key.subkey=value"):
+        load_config(recipe, ["optim.lr"])
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_save_and_reload_round_trip(recipe, tmp_path):
+    cfg = load_config(recipe, ["schedule.milestones=[5, 10]", "model.decoder_kwargs.width=16"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(path)
+    assert again == cfg
+    assert to_dict(again)["model"]["decoder_kwargs"] == {"width": 16}
+    assert diff_configs(to_dict(cfg), to_dict(load_config(path, ["seed=3"]))) == ["seed"]
+
+
+def test_shipped_recipes_found_by_name():
+    names = list_recipes()
+    assert names, "no recipes shipped in predec/configs"
+    assert find_recipe(names[0]).resolve() == find_recipe(f"configs/{names[0]}.yaml").resolve()
+    with pytest.raises(ConfigError, match="Shipped:"):
+        find_recipe("no/such_recipe")
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="Cannot read recipe"):
+        load_config(path)
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(path)
