@@ -43,7 +43,13 @@ def test_load_defaults_and_values(recipe):
 def test_overrides_parsed_with_yaml(recipe):
     cfg = load_config(
         recipe,
-        ["optim.lr=1e-4", "eval.scales=[0.5, 1.0]", "model.decoder=null", "trainer.devices=auto", "optim.betas=[0.8, 0.9]"],
+        [
+            "optim.lr=1e-4",
+            "eval.scales=[0.5, 1.0]",
+            "model.decoder=null",
+            "trainer.devices=auto",
+            "optim.betas=[0.8, 0.9]",
+        ],
     )
     assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(cfg.optim.lr, float)
     assert cfg.eval.scales == [0.5, 1.0]
@@ -84,7 +90,7 @@ def test_literal_choices(recipe):
 
 
 def test_bad_override_syntax(recipe):
-    with pytest.raises(ConfigError, match="key.subkey=value"):
+    with pytest.raises(ConfigError, match=r"key\.subkey=value"):
         load_config(recipe, ["optim.lr"])
     with pytest.raises(ConfigError, match="not a section"):
         apply_overrides({"name": "x"}, ["name.sub=1"])
