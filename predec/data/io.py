@@ -1,0 +1,231 @@
+"""Reading and writing the files of dense-prediction datasets, with clear errors on bad input.
+
+Every reader in :mod:`predec.data.datasets` goes through these functions, so a broken file always raises a
+:class:`DataError` that names the file and the problem (never a silent wrong sample):
+
+- :func:`read_image`: RGB uint8 (H, W, 3); unreadable or truncated files are caught.
+- :func:`read_label`: class-index PNG (palette ``P`` or grayscale ``L``) as uint8 (H, W).
+- :func:`check_labels`: values must be class ids ``0..num_classes-1`` or the ignore index 255.
+- :func:`read_depth`: 16-bit PNG → float32 metres (``value * scale``, 0 = invalid); 8-bit PNGs are rejected.
+- :func:`check_same_size`: image and label/depth must have the same height and width.
+- :func:`read_split_file`: whitespace-separated columns per line, ``#`` comments and blank lines skipped.
+
+The writers (:func:`write_image`, :func:`write_label`, :func:`write_depth`) produce the same formats, losslessly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from predec.data.sample import IGNORE_INDEX
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+"""File extensions (lower case) that count as images in folder readers."""
+
+_DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens 16-bit grayscale PNGs
+
+
+class DataError(ValueError):
+    """A dataset file or layout is unusable; the message names the file and the problem."""
+
+
+def _open_loaded(path: Path) -> Image.Image:
+    """Open and fully decode an image file, turning every decoder failure into a :class:`DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        image = Image.open(path)
+        image.load()  # decode now, so that truncated files fail here and not later
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: unreadable or truncated image ({err})") from err
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as RGB.
+
+    Args:
+        path: any format Pillow reads (JPEG, PNG, BMP, WebP, ...); grayscale and palette images are converted.
+
+    Returns:
+        uint8 array (H, W, 3).
+
+    Raises:
+        DataError: the file is missing, unreadable or truncated.
+    """
+    image = _open_loaded(Path(path))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.array(image, dtype=np.uint8)  # a writable copy
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Read a class-index label PNG (palette ``P`` mode, read as indices, or 8-bit grayscale ``L``).
+
+    Args:
+        path: the label file.
+
+    Returns:
+        uint8 array (H, W) of raw class ids (no range check: see :func:`check_labels`).
+
+    Raises:
+        DataError: missing or unreadable file, or a colour (RGB) / 16-bit image where class indices are expected.
+    """
+    path = Path(path)
+    image = _open_loaded(path)
+    if image.mode not in ("P", "L"):
+        raise DataError(
+            f"{path}: label image has mode {image.mode!r}; expected class indices in a palette ('P') or 8-bit "
+            "grayscale ('L') PNG (a colour-coded RGB label must be converted to indices first)"
+        )
+    return np.array(image, dtype=np.uint8)  # a writable copy
+
+
+def check_labels(labels: np.ndarray, num_classes: int, path: str | Path) -> np.ndarray:
+    """Check that every label value is a class id in ``[0, num_classes)`` or the ignore index 255.
+
+    Args:
+        labels: class ids (H, W), after any dataset-specific conversion.
+        num_classes: number of classes of the dataset.
+        path: the file the labels came from (for the error message).
+
+    Returns:
+        ``labels``, unchanged.
+
+    Raises:
+        DataError: with the offending values and the valid range.
+    """
+    values = np.unique(labels)
+    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+        raise DataError(
+            f"{path}: label values {shown} are outside the class range 0..{num_classes - 1} "
+            f"and not the ignore index {IGNORE_INDEX}"
+        )
+    return labels
+
+
+def read_depth(path: str | Path, scale: float) -> np.ndarray:
+    """Read a 16-bit depth PNG as metres.
+
+    Args:
+        path: 16-bit grayscale PNG; 0 = no measurement.
+        scale: metres per unit (1/1000 for NYU-Depth-v2, 1/256 for KITTI).
+
+    Returns:
+        float32 array (H, W) in metres, 0 where invalid.
+
+    Raises:
+        DataError: missing/unreadable file or a PNG that is not 16-bit (e.g. an 8-bit visualisation).
+    """
+    path = Path(path)
+    image = _open_loaded(path)
+    if image.mode not in _DEPTH_PNG_MODES:
+        bits = {"1": "1-bit", "L": "8-bit", "P": "8-bit palette", "RGB": "8-bit RGB", "RGBA": "8-bit RGBA"}
+        kind = bits.get(image.mode, f"mode {image.mode!r}")
+        raise DataError(
+            f"{path}: depth PNG is {kind}; expected a 16-bit grayscale PNG holding depth / {scale:g} m "
+            "(an 8-bit depth image is a visualisation and cannot be converted to metres)"
+        )
+    return np.asarray(image).astype(np.float32) * np.float32(scale)
+
+
+def check_same_size(image: np.ndarray, other: np.ndarray, image_path: str | Path, other_path: str | Path) -> None:
+    """Raise a :class:`DataError` unless ``image`` (H, W, ...) and ``other`` (H, W) have the same H and W."""
+    if image.shape[:2] != other.shape[:2]:
+        raise DataError(
+            f"{other_path}: size {other.shape[1]}x{other.shape[0]} (WxH) differs from its image {image_path} "
+            f"({image.shape[1]}x{image.shape[0]}); image and annotation must have the same size"
+        )
+
+
+def read_split_file(path: str | Path, num_columns: int | Sequence[int]) -> list[tuple[int, list[str]]]:
+    """Read a split file: one item per line, whitespace-separated columns.
+
+    Args:
+        path: the split file.
+        num_columns: the allowed column count(s).
+
+    Returns:
+        ``(line_number, columns)`` for every non-blank line that is not a ``#`` comment (1-based line numbers).
+
+    Raises:
+        DataError: the file is missing, empty, or a line has the wrong number of columns.
+    """
+    path = Path(path)
+    allowed = (num_columns,) if isinstance(num_columns, int) else tuple(num_columns)
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    entries = []
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        columns = line.split()
+        if not columns or columns[0].startswith("#"):
+            continue
+        if len(columns) not in allowed:
+            expected = " or ".join(str(n) for n in allowed)
+            raise DataError(f"{path}, line {line_number}: {len(columns)} columns, expected {expected}: {line!r}")
+        entries.append((line_number, columns))
+    if not entries:
+        raise DataError(f"{path}: split file lists no samples")
+    return entries
+
+
+def voc_palette(num_colors: int = 256) -> np.ndarray:
+    """The Pascal VOC colour map (index 0 black, 255 = (224, 224, 192)) as uint8 (num_colors, 3)."""
+    palette = np.zeros((num_colors, 3), dtype=np.uint8)
+    for index in range(num_colors):
+        value, red, green, blue = index, 0, 0, 0
+        for bit in range(8):
+            red |= ((value >> 0) & 1) << (7 - bit)
+            green |= ((value >> 1) & 1) << (7 - bit)
+            blue |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette[index] = (red, green, blue)
+    return palette
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Write an RGB uint8 (H, W, 3) image; the format follows the suffix (use ``.png`` for a lossless copy)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{path}: expected an RGB image (H, W, 3), got shape {image.shape}")
+    Image.fromarray(image).save(path)
+
+
+def write_label(path: str | Path, labels: np.ndarray) -> None:
+    """Write class ids (H, W) in 0..255 as a palette PNG with the VOC colour map (read back as indices)."""
+    path = Path(path)
+    labels = np.asarray(labels)
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise ValueError(f"{path}: label values must lie in 0..255 to fit a palette PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))  # mode "L"
+    image.putpalette(voc_palette().reshape(-1).tolist())  # "L" -> "P", pixel values kept as indices
+    image.save(path)
+
+
+def write_depth(path: str | Path, depth: np.ndarray, scale: float) -> None:
+    """Write metres (H, W) as a 16-bit PNG holding ``round(depth / scale)``; non-finite or ≤ 0 values become 0.
+
+    Raises:
+        ValueError: a depth beyond ``65535 * scale`` metres, which the PNG cannot hold.
+    """
+    path = Path(path)
+    depth = np.asarray(depth, dtype=np.float64)
+    valid = np.isfinite(depth) & (depth > 0)
+    units = np.where(valid, np.round(np.where(valid, depth, 0.0) / scale), 0.0)
+    if units.max(initial=0) > 65535:
+        raise ValueError(
+            f"{path}: depth {depth[valid].max():.3f} m exceeds what a 16-bit PNG holds at scale {scale:g} "
+            f"({65535 * scale:.3f} m)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(units.astype(np.uint16)).save(path)
