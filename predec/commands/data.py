@@ -26,12 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write SynthScenes (NYU and VOC layouts) and SynthObjects (image folders) to disk",
         description="Render SynthScenes into DIR/nyu and DIR/voc and SynthObjects into DIR/objects.",
     )
-    synth.add_argument("--out", type=Path, required=True, help="output directory")
+    synth.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     synth.add_argument("--num", type=int, default=200, help="number of scenes (default 200)")
-    synth.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"), help="scene size")
+    synth.add_argument(
+        "--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"), help="scene size (default 128 128)"
+    )
     synth.add_argument("--seed", type=int, default=0, help="data-set seed (default 0)")
     synth.add_argument(
-        "--num-objects", type=int, default=None, help="number of SynthObjects images (default: --num; 0 = none)"
+        "--num-objects",
+        type=int,
+        default=None,
+        metavar="M",
+        help="number of SynthObjects images (default: --num; 0 = none)",
     )
     synth.add_argument("--object-size", type=int, default=64, help="side of the object images (default 64)")
     synth.add_argument("--object-labels", choices=LABEL_MODES, default="shape", help="object classes (default shape)")

@@ -15,6 +15,7 @@ The writers (:func:`write_image`, :func:`write_label`, :func:`write_depth`) prod
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from predec.data.sample import IGNORE_INDEX
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 """File extensions (lower case) that count as images in folder readers."""
 
+_PNG_COMPRESS_LEVEL = 1  # zlib level of written PNGs: lossless either way, ~1.5x faster than 6, ~15% larger
 _DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens 16-bit grayscale PNGs
 
 
@@ -190,6 +192,11 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     return palette
 
 
+@functools.cache
+def _voc_palette_list() -> list[int]:
+    return voc_palette().reshape(-1).tolist()
+
+
 def write_image(path: str | Path, image: np.ndarray) -> None:
     """Write an RGB uint8 (H, W, 3) image; the format follows the suffix (use ``.png`` for a lossless copy)."""
     path = Path(path)
@@ -197,7 +204,7 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     image = np.ascontiguousarray(image, dtype=np.uint8)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"{path}: expected an RGB image (H, W, 3), got shape {image.shape}")
-    Image.fromarray(image).save(path)
+    Image.fromarray(image).save(path, compress_level=_PNG_COMPRESS_LEVEL)  # other formats ignore the option
 
 
 def write_label(path: str | Path, labels: np.ndarray) -> None:
@@ -208,8 +215,8 @@ def write_label(path: str | Path, labels: np.ndarray) -> None:
         raise ValueError(f"{path}: label values must lie in 0..255 to fit a palette PNG")
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))  # mode "L"
-    image.putpalette(voc_palette().reshape(-1).tolist())  # "L" -> "P", pixel values kept as indices
-    image.save(path)
+    image.putpalette(_voc_palette_list())  # "L" -> "P", pixel values kept as indices
+    image.save(path, compress_level=_PNG_COMPRESS_LEVEL)
 
 
 def write_depth(path: str | Path, depth: np.ndarray, scale: float) -> None:
@@ -228,4 +235,4 @@ def write_depth(path: str | Path, depth: np.ndarray, scale: float) -> None:
             f"({65535 * scale:.3f} m)"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(units.astype(np.uint16)).save(path)
+    Image.fromarray(units.astype(np.uint16)).save(path, compress_level=_PNG_COMPRESS_LEVEL)
