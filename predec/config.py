@@ -182,6 +182,7 @@ class DataConfig:
         dataset: ``synth`` (SynthScenes, generated) or a reader: ``nyu``, ``kitti``, ``voc``, ``cityscapes``,
             ``ade20k``.
         root: dataset root directory (readers).
+        val_root: root of the evaluation split if it differs (NYU's BTS layout: ``sync`` vs ``official_splits/test``).
         train_split: split of the training set (reader-specific name or split file).
         val_split: split of the evaluation set.
         num_train: ``synth``: number of training scenes.
@@ -192,12 +193,15 @@ class DataConfig:
         batch_size: training images per device.
         eval_batch_size: evaluation images per device.
         num_workers: loader worker processes.
-        reader_kwargs: extra keyword arguments of the dataset reader.
+        reader_kwargs: extra keyword arguments of the dataset reader (both splits; ``synth``: render options).
+        train_reader_kwargs: extra keyword arguments of the reader for the training split only (VOC + SBD:
+            ``{augmented: true}`` with ``train_split: train_aug``).
         train_transform_kwargs: extra keyword arguments of ``train_transform``.
     """
 
     dataset: str = "synth"
     root: str | None = None
+    val_root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
     num_train: int = 256
@@ -209,6 +213,7 @@ class DataConfig:
     eval_batch_size: int = 1
     num_workers: int = 0
     reader_kwargs: dict[str, Any] = field(default_factory=dict)
+    train_reader_kwargs: dict[str, Any] = field(default_factory=dict)
     train_transform_kwargs: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,149 @@
+"""Predict depth or segmentation for image files and write coloured and raw outputs.
+
+  predec predict --checkpoint CKPT IMAGES... --out DIR [--flip] [--resize H W] [--npy] [--colormap NAME]
+
+CKPT: a predec train checkpoint (.ckpt), a save_pretrained directory or a .safetensors file with config.json.
+Images are normalised as in evaluation and predicted at their own size (padded to the model's stride and cropped
+back). For each image STEM, DIR receives:
+
+  depth:         STEM_depth.png (colour: perceptually uniform colormap, default magma, near = bright, per-image
+                 range), STEM_depth16.png (16-bit PNG, millimetres; 1/256 m units if the model's max_depth exceeds
+                 65.535 m), and with --npy STEM_depth.npy (float32 metres)
+  segmentation:  STEM_labels.png (palette PNG: pixel values are class ids, colours the VOC palette), and with
+                 --npy STEM_logits.npy (float32 class scores)
+
+plus predictions.json listing the files, the depth PNG scale and the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``predict`` options to ``parser``."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint (.ckpt), save_pretrained dir or .safetensors")
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGES", help="image files")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
+    parser.add_argument(
+        "--resize", type=int, nargs=2, metavar=("H", "W"), help="infer at this size, outputs resized back"
+    )
+    parser.add_argument("--npy", action="store_true", help="also write raw float outputs as .npy")
+    parser.add_argument("--colormap", default="magma", help="matplotlib colormap of the depth images (default magma)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def colorize_depth(depth: np.ndarray, colormap: str = "magma") -> np.ndarray:
+    """Colour a depth map (H, W) in metres: near = bright end of ``colormap``, range = this image's 2–98 percentiles.
+
+    Returns:
+        uint8 RGB (H, W, 3).
+    """
+    from matplotlib import colormaps
+
+    valid = np.isfinite(depth) & (depth > 0)
+    if not valid.any():
+        return np.zeros((*depth.shape, 3), dtype=np.uint8)
+    low, high = np.percentile(depth[valid], [2, 98])
+    scaled = np.clip((depth - low) / max(high - low, 1e-6), 0.0, 1.0)
+    rgba = colormaps[colormap](1.0 - scaled)
+    rgb = (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    rgb[~valid] = 0
+    return rgb
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
+    return stems
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every image; exit code 2 on bad input (unreadable image or checkpoint)."""
+    from predec.config import ConfigError
+    from predec.data.io import DataError
+
+    try:
+        return _predict(args)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
+        print(f"predec predict: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from predec.config import DenseConfig, from_dict, to_dict
+    from predec.data.io import read_image, write_depth, write_label
+    from predec.data.sample import make_sample
+    from predec.data.transforms import eval_transform
+    from predec.engine.dense import DenseModule
+    from predec.engine.runner import describe_model, load_dense_checkpoint, load_state_checked, model_config_of
+
+    checkpoint = load_dense_checkpoint(args.checkpoint)
+    if checkpoint.config is not None:
+        config = from_dict(DenseConfig, checkpoint.config)
+    else:
+        config = DenseConfig(model=model_config_of(checkpoint))
+    config.model.encoder_weights = config.model.decoder_weights = None
+    if args.flip:
+        config.eval.flip = True
+    if args.resize:
+        config.eval.resize = list(args.resize)
+    config.trainer.channels_last = False
+    module = DenseModule(config, build_weights=False)
+    load_state_checked(module.model, checkpoint, describe_model(config.model))
+    auto_device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto_device if args.device == "auto" else args.device)
+    module = module.to(device).eval()
+    transform = eval_transform()
+    task = config.model.task
+    depth_scale = 1e-3 if config.model.max_depth <= 65.535 else 1.0 / 256.0
+    args.out.mkdir(parents=True, exist_ok=True)
+    written: list[dict[str, Any]] = []
+    for path, stem in tqdm(list(zip(args.images, _unique_stems(args.images))), desc="predict", unit="image"):
+        sample = transform(make_sample(read_image(path)))
+        images = torch.as_tensor(sample["image"]).as_subclass(torch.Tensor).unsqueeze(0).to(device)
+        with torch.no_grad():
+            output = module.inference(images)[0].float().cpu()
+        entry: dict[str, Any] = {"image": str(path)}
+        if task == "depth":
+            depth = output[0].numpy()
+            entry["depth_color"] = str(args.out / f"{stem}_depth.png")
+            Image.fromarray(colorize_depth(depth, args.colormap)).save(entry["depth_color"])
+            entry["depth_png"] = str(args.out / f"{stem}_depth16.png")
+            write_depth(entry["depth_png"], depth, depth_scale)
+            if args.npy:
+                entry["depth_npy"] = str(args.out / f"{stem}_depth.npy")
+                np.save(entry["depth_npy"], depth.astype(np.float32))
+        else:
+            labels = output.argmax(dim=0).numpy().astype(np.uint8)
+            entry["labels"] = str(args.out / f"{stem}_labels.png")
+            write_label(entry["labels"], labels)
+            if args.npy:
+                entry["logits_npy"] = str(args.out / f"{stem}_logits.npy")
+                np.save(entry["logits_npy"], output.numpy().astype(np.float32))
+        written.append(entry)
+    manifest = {
+        "checkpoint": str(checkpoint.path),
+        "model": to_dict(config.model),
+        "task": task,
+        "depth_png_scale_m": depth_scale if task == "depth" else None,
+        "outputs": written,
+    }
+    (args.out / "predictions.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"Wrote {len(written)} prediction(s) to {args.out}")
+    return 0

@@ -1,0 +1,63 @@
+"""Fine-tune a dense model (depth or segmentation) from a YAML recipe.
+
+  predec train --config RECIPE [--run-dir DIR] [--resume [CKPT]] [--overwrite] [key.subkey=value ...]
+
+RECIPE is a YAML file or a shipped recipe name (e.g. synth/depth_xnet; list them with --list). Overrides such as
+optim.lr=1e-4 trainer.max_steps=200 model.encoder_weights=pretrained are parsed as YAML. The run directory
+(default: <output_dir>/<name>) receives config.yaml, checkpoints/last.ckpt, logs/ (TensorBoard + CSV),
+metrics.json and model/ (save_pretrained). An interrupted run directory is resumed automatically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from predec.config import ConfigError, list_recipes, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``train`` options to ``parser``."""
+    parser.add_argument("--config", help="recipe: a YAML file or a shipped recipe name (see --list)")
+    parser.add_argument("--run-dir", type=Path, help="run directory (default: <output_dir>/<name> of the recipe)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="CKPT",
+        help="resume from CKPT, or without a value from the run directory's last checkpoint "
+        "(an interrupted run directory is resumed automatically anyway)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="train again in a run directory that has finished")
+    parser.add_argument("--list", action="store_true", help="list the shipped recipes and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key.subkey=value", help="config overrides (YAML values)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; print the run directory and final metrics. Exit codes: 0 done, 1 stopped on NaN/Inf, 2 bad input."""
+    from predec.data.io import DataError
+    from predec.engine.guards import NonFiniteLossError
+    from predec.engine.runner import RunExistsError, train_dense
+
+    if args.list:
+        print("\n".join(list_recipes()))
+        return 0
+    if not args.config:
+        print("predec train: error: --config RECIPE is required (see --list for the shipped recipes)", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config, args.overrides)
+        result = train_dense(config, args.run_dir, resume=args.resume, overwrite=args.overwrite)
+    except NonFiniteLossError as err:
+        print(f"predec train: stopped: {err}", file=sys.stderr)
+        return 1
+    except (ConfigError, DataError, RunExistsError, FileNotFoundError, ValueError) as err:
+        print(f"predec train: error: {err}", file=sys.stderr)
+        return 2
+    scalars = {k: v for k, v in result.metrics["metrics"].items() if isinstance(v, (int, float))}
+    print(f"Run directory: {result.run_dir.root} (step {result.step})")
+    print(json.dumps(scalars, indent=2))
+    return 0

@@ -1,0 +1,306 @@
+"""Data for dense training and evaluation: datasets from the config, deterministic step-indexed sampling.
+
+Training data order is a pure function of (seed, step): the global sample stream is the concatenation of seeded
+permutations of the dataset (one per pass), optimiser step ``s`` reads stream positions
+``[s·G, (s+1)·G)`` with ``G`` the global batch (per-device batch × processes), and rank ``r`` takes its slice. Each
+sample's augmentation is drawn from an RNG seeded by (seed, stream position) inside the loader, whatever the number
+of workers. A resumed run therefore restarts the stream at its checkpoint's step and sees exactly the batches an
+uninterrupted run would have seen; no sampler state needs saving.
+
+Evaluation shards the set without repetition (rank ``r`` takes items ``r, r + world, ...``), so metrics summed
+over processes equal the single-process metrics.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from predec.config import DataConfig
+
+SEGMENTATION_READERS = ("voc", "cityscapes", "ade20k")
+DEPTH_READERS = ("nyu", "kitti")
+DATASETS = ("synth", *DEPTH_READERS, *SEGMENTATION_READERS)
+
+
+_SAMPLE_STREAM, _ORDER_STREAM = 0, 1
+
+
+def _derive_seed(*words: int) -> int:
+    """A 63-bit seed derived from non-negative integers (NumPy's SeedSequence hashing)."""
+    state = np.random.SeedSequence([w & 0xFFFFFFFFFFFFFFFF for w in words]).generate_state(1, dtype=np.uint64)
+    return int(state[0] >> 1)
+
+
+def sample_seed(seed: int, position: int) -> int:
+    """Seed of the augmentation of the sample at stream ``position`` of a run seeded with ``seed``."""
+    return _derive_seed(seed, _SAMPLE_STREAM, position)
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(dataset index, augmentation seed)`` for optimiser steps ``start_batch .. total_batches - 1``.
+
+    ``len()`` is ``total_batches`` (the whole run) so that Lightning's loop counters, restored from a checkpoint,
+    stay consistent with the batches still to come.
+
+    Args:
+        num_samples: dataset length.
+        batch_size: per-process batch size.
+        seed: run seed (permutations and augmentation seeds).
+        total_batches: batches of the whole run per process (``max_steps × accumulate_grad_batches``).
+        start_batch: first batch to produce (batches already consumed before a resume).
+        rank: this process' rank.
+        world_size: number of processes.
+        shuffle: permute each pass over the data (else sequential order).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        total_batches: int,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ) -> None:
+        if num_samples <= 0:
+            raise ValueError("The training set is empty: nothing to sample.")
+        if batch_size <= 0 or not 0 <= rank < world_size or not 0 <= start_batch <= total_batches:
+            raise ValueError(
+                f"StepBatchSampler: invalid batch_size={batch_size}, rank={rank}/{world_size}, "
+                f"start_batch={start_batch}/{total_batches}."
+            )
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.total_batches, self.start_batch = total_batches, start_batch
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self._perm_pass = -1
+        self._perm: list[int] = []
+
+    def __len__(self) -> int:
+        return self.total_batches
+
+    def _index(self, position: int) -> int:
+        data_pass, offset = divmod(position, self.num_samples)
+        if not self.shuffle:
+            return offset
+        if data_pass != self._perm_pass:
+            generator = torch.Generator().manual_seed(_derive_seed(self.seed, _ORDER_STREAM, data_pass))
+            self._perm = torch.randperm(self.num_samples, generator=generator).tolist()
+            self._perm_pass = data_pass
+        return self._perm[offset]
+
+    def batch(self, batch_index: int) -> list[tuple[int, int]]:
+        """The ``(index, seed)`` pairs of this rank for batch ``batch_index``."""
+        global_batch = self.batch_size * self.world_size
+        first = batch_index * global_batch + self.rank * self.batch_size
+        positions = range(first, first + self.batch_size)
+        return [(self._index(p), sample_seed(self.seed, p)) for p in positions]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch_index in range(self.start_batch, self.total_batches):
+            yield self.batch(batch_index)
+
+
+class SeededSamples(Dataset):
+    """Wrap a dataset so that item ``(index, seed)`` is produced with torch / NumPy / Python RNGs seeded by ``seed``.
+
+    The global RNG states of the calling process are restored afterwards.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed & 0xFFFFFFFF)
+                return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+class ShardSampler(Sampler[int]):
+    """Items ``rank, rank + world_size, ...`` in order: every item evaluated exactly once over all processes."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.num_samples, self.world_size))
+
+
+def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack ``image``/``labels``/``depth`` of sample dicts into plain tensors; ``meta`` stays a list of dicts.
+
+    Raises:
+        ValueError: samples of one batch differ in size (name the files; use batch size 1 or a crop).
+    """
+    batch: dict[str, Any] = {"meta": [dict(s.get("meta", {})) for s in samples]}
+    for key in ("image", "labels", "depth"):
+        if key not in samples[0]:
+            continue
+        tensors = [torch.as_tensor(s[key]).as_subclass(torch.Tensor) for s in samples]
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) > 1:
+            paths = [m.get("path", m.get("index")) for m in batch["meta"]]
+            raise ValueError(
+                f"Cannot batch samples of different {key} sizes {sorted(shapes)} ({paths}); use batch size 1 for "
+                "evaluation at native resolution, or a training crop (data.crop_size)."
+            )
+        batch[key] = torch.stack(tensors)
+    return batch
+
+
+def dataset_classes(config: DataConfig) -> tuple[str, ...] | None:
+    """Class names of the configured segmentation dataset (None for depth-only sets)."""
+    if config.dataset == "synth":
+        from predec.data.synthetic import SCENE_CLASSES
+
+        return tuple(SCENE_CLASSES)
+    if config.dataset in DEPTH_READERS:
+        return None
+    from predec.data import datasets
+
+    names = {"voc": datasets.VOC_CLASSES, "cityscapes": datasets.CITYSCAPES_CLASSES, "ade20k": datasets.ADE20K_CLASSES}
+    return tuple(config.reader_kwargs.get("classes", names[config.dataset]))
+
+
+def check_task(config: DataConfig, task: str, num_classes: int | None) -> None:
+    """Raise a ``ValueError`` if the dataset cannot serve ``task`` or has another number of classes."""
+    if config.dataset not in DATASETS:
+        raise ValueError(f"data.dataset={config.dataset!r} is not one of {', '.join(DATASETS)}.")
+    if task == "depth" and config.dataset in SEGMENTATION_READERS:
+        raise ValueError(f"data.dataset={config.dataset!r} has no depth; depth sets: synth, nyu, kitti.")
+    if task == "segmentation":
+        if config.dataset in DEPTH_READERS:
+            raise ValueError(f"data.dataset={config.dataset!r} has no labels; segmentation sets: synth, voc, ...")
+        classes = dataset_classes(config)
+        if classes is not None and num_classes != len(classes):
+            raise ValueError(
+                f"model.num_classes={num_classes} but data.dataset={config.dataset!r} has {len(classes)} classes; "
+                f"set model.num_classes={len(classes)}."
+            )
+
+
+def build_dataset(config: DataConfig, train: bool, transform: Any) -> Dataset:
+    """The training (``train=True``) or evaluation set of ``config``, with ``transform`` applied to samples."""
+    split = config.train_split if train else config.val_split
+    kwargs = {**config.reader_kwargs, **(config.train_reader_kwargs if train else {})}
+    if config.dataset == "synth":
+        from predec.data.synthetic import SynthScenes
+
+        num = config.num_train if train else config.num_val
+        seed = config.synth_seed if train else config.synth_seed + 1
+        return SynthScenes(num, size=tuple(config.image_size), seed=seed, transform=transform, **kwargs)
+    root = config.root if train else (config.val_root or config.root)
+    if root is None:
+        raise ValueError(f"data.dataset={config.dataset!r} needs data.root (the dataset directory).")
+    from predec.data import datasets
+
+    if config.dataset == "nyu":
+        return datasets.NYUDepthV2(root, split, transform=transform, **kwargs)
+    if config.dataset == "kitti":
+        return datasets.KITTIEigen(root, split, transform=transform, **kwargs)
+    if config.dataset == "voc":
+        return datasets.PascalVOC(root, split, transform=transform, **kwargs)
+    if config.dataset == "cityscapes":
+        return datasets.Cityscapes(root, split, transform=transform, **kwargs)
+    if config.dataset == "ade20k":
+        return datasets.ADE20K(root, split, transform=transform, **kwargs)
+    raise ValueError(f"data.dataset={config.dataset!r} is not one of {', '.join(DATASETS)}.")
+
+
+class DenseDataModule(L.LightningDataModule):
+    """Training and evaluation loaders of a dense task.
+
+    Args:
+        config: data settings.
+        task: ``depth`` or ``segmentation``.
+        seed: run seed (data order and augmentation).
+        max_steps: optimiser steps of the run.
+        accumulate_grad_batches: batches per optimiser step.
+    """
+
+    def __init__(
+        self, config: DataConfig, task: str, seed: int = 0, max_steps: int = 1, accumulate_grad_batches: int = 1
+    ) -> None:
+        super().__init__()
+        self.config, self.task, self.seed = config, task, seed
+        self.max_steps, self.accumulate = max_steps, accumulate_grad_batches
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def setup(self, stage: str) -> None:
+        from predec.data.transforms import eval_transform, train_transform
+
+        if stage == "fit" and self.train_set is None:
+            crop = self.config.crop_size or (self.config.image_size if self.config.dataset == "synth" else None)
+            if crop is None:
+                raise ValueError(f"data.crop_size is needed to train on {self.config.dataset!r} (e.g. [480, 640]).")
+            transform = train_transform(self.task, tuple(crop), **self.config.train_transform_kwargs)
+            self.train_set = build_dataset(self.config, train=True, transform=transform)
+        if stage in ("fit", "validate", "test") and self.val_set is None:
+            self.val_set = build_dataset(self.config, train=False, transform=eval_transform())
+            _, world = self._rank_world()
+            if len(self.val_set) < world:  # type: ignore[arg-type]
+                raise ValueError(
+                    f"The evaluation set has {len(self.val_set)} images, fewer than the {world} processes."  # type: ignore[arg-type]
+                )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        rank, world = self._rank_world()
+        trainer = getattr(self, "trainer", None)
+        start = trainer.global_step * self.accumulate if trainer is not None else 0
+        sampler = StepBatchSampler(
+            len(self.train_set),  # type: ignore[arg-type]
+            self.config.batch_size,
+            self.seed,
+            total_batches=self.max_steps * self.accumulate,
+            start_batch=start,
+            rank=rank,
+            world_size=world,
+        )
+        return DataLoader(
+            SeededSamples(self.train_set),
+            batch_sampler=sampler,
+            num_workers=self.config.num_workers,
+            collate_fn=collate_samples,
+            persistent_workers=self.config.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None
+        rank, world = self._rank_world()
+        return DataLoader(
+            self.val_set,
+            batch_size=self.config.eval_batch_size,
+            sampler=ShardSampler(len(self.val_set), rank, world),  # type: ignore[arg-type]
+            num_workers=self.config.num_workers,
+            collate_fn=collate_samples,
+        )

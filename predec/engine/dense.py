@@ -1,0 +1,236 @@
+"""The LightningModule of dense training and evaluation (depth, segmentation).
+
+It wires the pieces and owns none of them: the model comes from :func:`predec.create_model` (``config.model``), the
+losses, metric accumulators and test-time inference from :mod:`predec.tasks`, the optimiser and schedule from
+:mod:`predec.optim`. Metric states are SUM-reduced across processes at the end of each evaluation, so DDP
+evaluation gives the single-process numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from predec.config import DenseConfig, ModelConfig, from_dict, to_dict
+from predec.engine.guards import check_finite_loss
+from predec.engine.trainer import world_size
+from predec.optim import build_optimizer, build_scheduler
+
+MODEL_IDENTITY_KEYS: tuple[str, ...] = (
+    "arch",
+    "encoder",
+    "decoder",
+    "task",
+    "num_classes",
+    "in_chans",
+    "encoder_kwargs",
+    "decoder_kwargs",
+)
+"""Model settings that define the architecture (and so the checkpoint keys and shapes)."""
+
+
+def build_model(config: ModelConfig) -> torch.nn.Module:
+    """``predec.create_model`` with the settings of ``config`` (weights resolved from the weight specs)."""
+    from predec import create_model
+
+    return create_model(
+        config.arch,
+        encoder=config.encoder,
+        decoder=config.decoder,
+        task=config.task,
+        num_classes=config.num_classes,
+        max_depth=config.max_depth,
+        min_depth=config.min_depth,
+        encoder_weights=config.encoder_weights,
+        decoder_weights=config.decoder_weights,
+        in_chans=config.in_chans,
+        encoder_kwargs=dict(config.encoder_kwargs) or None,
+        **config.decoder_kwargs,
+    )
+
+
+def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """``key: saved → wanted`` lines for the architecture-defining model settings that differ."""
+
+    def identity(config: Mapping[str, Any], key: str) -> Any:
+        value = config.get(key) or None  # None, {} and 0-less defaults compare equal
+        if key in ("encoder", "decoder") and isinstance(value, str):
+            return value.split(".", 1)[0]  # a pretrained tag does not change the architecture
+        return value
+
+    return [
+        f"model.{key}: {saved.get(key)!r} in the checkpoint, {wanted.get(key)!r} in the config"
+        for key in MODEL_IDENTITY_KEYS
+        if identity(saved, key) != identity(wanted, key)
+    ]
+
+
+class DenseModule(L.LightningModule):
+    """Training / evaluation of a dense model.
+
+    Args:
+        config: the recipe (:class:`DenseConfig` or its plain dict, as stored in checkpoints).
+        build_weights: resolve ``encoder_weights``/``decoder_weights`` (False when a checkpoint will overwrite them).
+
+    Attributes:
+        model: the ``DenseModel``.
+        last_metrics: metrics of the latest evaluation (``{}`` before any).
+        last_metrics_step: the global step they were computed at.
+    """
+
+    def __init__(self, config: DenseConfig | Mapping[str, Any], build_weights: bool = True) -> None:
+        super().__init__()
+        self.config: DenseConfig = config if isinstance(config, DenseConfig) else from_dict(DenseConfig, config)
+        self.save_hyperparameters({"config": to_dict(self.config)})
+        model_config = self.config.model
+        if not build_weights:
+            model_config = ModelConfig(**{**to_dict(model_config), "encoder_weights": None, "decoder_weights": None})
+        self.model = build_model(model_config)
+        if self.config.trainer.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.task = self.config.model.task
+        self.last_metrics: dict[str, Any] = {}
+        self.last_metrics_step = -1
+        self._accumulator: Any = None
+
+    # ---------------------------------------------------------------------------------------------------- forward
+    def forward(self, images: Tensor) -> Tensor:
+        """Model outputs (depth (B,1,H,W) metres or logits (B,C,H,W)) of normalised images (B,3,H,W)."""
+        return self.model(self._to_memory_format(images))
+
+    def _to_memory_format(self, images: Tensor) -> Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.config.trainer.channels_last else images
+
+    def loss(self, outputs: Tensor, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The task loss of a batch and its named terms."""
+        cfg = self.config.loss
+        if self.task == "depth":
+            loss = _tasks().depth.silog_loss(
+                outputs, batch["depth"], variant=cfg.silog_variant, lambd=cfg.silog_lambda, scale=cfg.silog_scale
+            )
+            return loss, {"silog": loss.detach()}
+        loss = _tasks().segmentation.cross_entropy_loss(
+            outputs, batch["labels"], ignore_index=cfg.ignore_index, class_weights=cfg.class_weights
+        )
+        return loss, {"ce": loss.detach()}
+
+    # --------------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        outputs = self(batch["image"])
+        loss, terms = self.loss(outputs, batch)
+        check_finite_loss(loss, self.global_step, terms, trainer=self.trainer)
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        for name, value in terms.items():
+            if len(terms) > 1:
+                self.log(f"train/{name}", value, batch_size=batch_size)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        trainer_cfg = self.config.trainer
+        global_batch = self.config.data.batch_size * world_size(trainer_cfg) * trainer_cfg.accumulate_grad_batches
+        optimizer = build_optimizer(self.model, self.config.optim, global_batch_size=global_batch)
+        scheduler = build_scheduler(optimizer, self.config.schedule, total_steps=trainer_cfg.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------------------------------------- evaluation
+    def inference(self, images: Tensor) -> Tensor:
+        """Test-time prediction of ``config.eval``: resize, whole/slide windows, scales, flip.
+
+        Returns:
+            depth (B,1,H,W) metres, or segmentation class scores (B,C,H,W) (logits, or averaged probabilities with
+            several scales / flip), at the input size.
+        """
+        tasks = _tasks()
+        cfg = self.config.eval
+        height, width = images.shape[-2:]
+        x = images
+        if cfg.resize is not None and tuple(cfg.resize) != (height, width):
+            x = F.interpolate(x, size=tuple(cfg.resize), mode="bilinear", align_corners=False)
+
+        def predict(inputs: Tensor) -> Tensor:
+            return self.model.predict(self._to_memory_format(inputs))
+
+        def one_scale(inputs: Tensor) -> Tensor:
+            if cfg.mode == "slide":
+                if cfg.crop_size is None or cfg.stride is None:
+                    raise ValueError("eval.mode='slide' needs eval.crop_size and eval.stride, e.g. [512, 512].")
+                return tasks.inference.slide_inference(predict, inputs, crop=cfg.crop_size, stride=cfg.stride)
+            return tasks.inference.whole_inference(predict, inputs)
+
+        if self.task == "segmentation" and (cfg.flip or list(cfg.scales) != [1.0]):
+            out = tasks.inference.multiscale_flip_inference(
+                predict, x, scales=cfg.scales, flip=cfg.flip, mode=cfg.mode, crop=cfg.crop_size, stride=cfg.stride
+            )
+        elif self.task == "depth":
+            if list(cfg.scales) != [1.0]:
+                raise ValueError(f"eval.scales={cfg.scales}: multi-scale testing is for segmentation; use [1.0].")
+            out = tasks.depth.flip_average(one_scale, x) if cfg.flip else one_scale(x)
+        else:
+            out = one_scale(x)
+        if out.shape[-2:] != (height, width):
+            out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)
+        return out
+
+    def _new_accumulator(self) -> Any:
+        tasks = _tasks()
+        if self.task == "depth":
+            cfg = self.config.eval
+            crop = None if cfg.depth_crop == "none" else cfg.depth_crop
+            max_depth = cfg.max_depth if cfg.max_depth is not None else self.config.model.max_depth
+            return tasks.depth.DepthMetricAccumulator(min_depth=cfg.min_depth, max_depth=max_depth, crop=crop)
+        assert self.config.model.num_classes is not None
+        return tasks.segmentation.SegMetricAccumulator(
+            self.config.model.num_classes, ignore_index=self.config.loss.ignore_index
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self._accumulator = self._new_accumulator()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        outputs = self.inference(batch["image"])
+        target = batch["depth"] if self.task == "depth" else batch["labels"]
+        if outputs.shape[-2:] != target.shape[-2:]:
+            outputs = F.interpolate(outputs, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        self._accumulator.update(outputs, target)
+
+    def on_validation_epoch_end(self) -> None:
+        state = self._accumulator.state()
+        if self.trainer.world_size > 1:
+            state = {k: self.trainer.strategy.reduce(v.to(self.device), reduce_op="sum") for k, v in state.items()}
+            self._accumulator.load_state(state)
+        metrics = self._accumulator.compute()
+        self.last_metrics = _plain(metrics)
+        self.last_metrics_step = self.global_step
+        scalars = {f"val/{k}": float(v) for k, v in self.last_metrics.items() if isinstance(v, (int, float))}
+        if not self.trainer.sanity_checking:
+            # Already reduced over processes: log rank-local values without another sync.
+            self.log_dict(scalars, prog_bar=False, sync_dist=False, rank_zero_only=True)
+
+    test_step = validation_step
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_epoch_end = on_validation_epoch_end
+
+
+def _tasks() -> Any:
+    """The ``predec.tasks`` package (imported on first use)."""
+    import predec.tasks.depth
+    import predec.tasks.inference
+    import predec.tasks.segmentation
+
+    return predec.tasks
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value

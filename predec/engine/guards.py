@@ -1,0 +1,73 @@
+"""Stop training on a non-finite loss or gradient, with a message naming the step, before anything is saved.
+
+The check runs before the optimiser step, so the weights never take a NaN update and the last checkpoint on disk
+(written after an earlier, finite step) stays the last good one. Under DDP every rank takes the same decision
+(one all-reduced flag), so no rank waits forever for a peer that stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import lightning as L
+import torch
+from torch import Tensor
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss (or a gradient) becomes NaN or Inf; the message names the step and the terms."""
+
+
+def _format_terms(terms: Mapping[str, Tensor | float]) -> str:
+    return ", ".join(f"{name}={float(value):.6g}" for name, value in terms.items())
+
+
+def check_finite_loss(
+    loss: Tensor,
+    step: int,
+    terms: Mapping[str, Tensor | float] | None = None,
+    trainer: L.Trainer | None = None,
+) -> None:
+    """Raise :class:`NonFiniteLossError` if ``loss`` is NaN/Inf on this process (or on any, given a trainer).
+
+    Args:
+        loss: the scalar loss of the step.
+        step: optimiser step (``trainer.global_step``) the loss belongs to.
+        terms: the loss terms, named in the message.
+        trainer: when given, the decision is all-reduced over processes.
+    """
+    bad = not bool(torch.isfinite(loss.detach()).all())
+    if trainer is not None and trainer.world_size > 1:
+        bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
+    if bad:
+        detail = _format_terms(terms or {"loss": loss.detach()})
+        raise NonFiniteLossError(
+            f"Non-finite loss at step {step} ({detail}). Training stopped; the last checkpoint written before this "
+            "step is kept. Lower the learning rate, enable optim.grad_clip_norm, or check the data of this step."
+        )
+
+
+class NonFiniteGradientGuard(L.Callback):
+    """Raise :class:`NonFiniteLossError` when a gradient is NaN/Inf right before the optimiser step.
+
+    Skipped under ``16-mixed`` precision, where the gradient scaler expects and handles infinite gradients.
+    """
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if str(trainer.precision).startswith("16"):
+            return
+        grads = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
+        finite = [torch.isfinite(g).all() for _, g in grads]
+        bad = bool(finite) and not bool(torch.stack(finite).all())  # one device sync, not one per parameter
+        bad_names = [name for (name, _), ok in zip(grads, finite) if not ok] if bad else []
+        if trainer.world_size > 1:
+            bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
+        if bad:
+            shown = ", ".join(bad_names[:5]) + (f" (+{len(bad_names) - 5} more)" if len(bad_names) > 5 else "")
+            where = f": {shown}" if shown else " on another process"
+            raise NonFiniteLossError(
+                f"Non-finite gradient at step {trainer.global_step}{where}. Training stopped before the optimiser "
+                "step; the last checkpoint is kept. Lower the learning rate or enable optim.grad_clip_norm."
+            )

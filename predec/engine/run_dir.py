@@ -1,0 +1,152 @@
+"""One directory per run: the resolved config, checkpoints, metrics and logs.
+
+Layout::
+
+    <run>/
+      config.yaml          the resolved config (every field)
+      status.json          {"state": "running" | "finished" | "failed", "step": ..., "message": ...}
+      metrics.json         final evaluation metrics
+      checkpoints/last.ckpt
+      logs/                TensorBoard events and metrics.csv
+      model/               the trained model as save_pretrained writes it (config.json + model.safetensors)
+
+Files are written atomically (temp file + rename), so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from predec.config import ConfigError, diff_configs, load_config, save_config, to_dict
+
+RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically (NaN is written as ``NaN``, which Python's json reads back)."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class RunDir:
+    """Paths and small state files of one run directory.
+
+    Args:
+        root: the run directory (created on demand).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def status_path(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    def create(self) -> RunDir:
+        """Create the directory tree."""
+        for path in (self.root, self.checkpoints, self.logs):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def save_config(self, config: Any) -> Path:
+        """Write the resolved config as ``config.yaml``."""
+        self.create()
+        return save_config(config, self.config_path)
+
+    def load_config(self, schema: type) -> Any:
+        """Read ``config.yaml`` back into ``schema``."""
+        return load_config(self.config_path, schema=schema)
+
+    def status(self) -> dict[str, Any]:
+        """The content of ``status.json`` (``{}`` for a run that never started)."""
+        if not self.status_path.is_file():
+            return {}
+        return json.loads(self.status_path.read_text(encoding="utf-8"))
+
+    def set_status(self, state: str, **fields: Any) -> None:
+        """Record the run's state (``running``, ``finished``, ``failed``) with extra fields and a timestamp."""
+        write_json(self.status_path, {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields})
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status().get("state") == FINISHED
+
+    def resume_checkpoint(self) -> Path | None:
+        """``checkpoints/last.ckpt`` if the run was interrupted (it has a checkpoint and did not finish), else None."""
+        if self.last_checkpoint.is_file() and not self.is_finished:
+            return self.last_checkpoint
+        return None
+
+    def check_same_config(self, config: Any, ignore: tuple[str, ...] = ()) -> None:
+        """Raise if ``config.yaml`` exists and differs from ``config`` in a key other than ``ignore`` (dotted).
+
+        Raises:
+            ConfigError: listing the differing keys with both values.
+        """
+        if not self.config_path.is_file():
+            return
+        saved = to_dict(self.load_config(type(config)))
+        wanted = to_dict(config)
+        keys = [k for k in diff_configs(saved, wanted) if not any(k == i or k.startswith(f"{i}.") for i in ignore)]
+        if keys:
+            details = "; ".join(f"{k}: {_get(saved, k)!r} in the run, {_get(wanted, k)!r} now" for k in keys[:8])
+            raise ConfigError(
+                f"Run directory {self.root} holds a run with another config ({details}). Resume it with the same "
+                "recipe and overrides, or start a new run with another name= / --run-dir."
+            )
+
+    def write_metrics(self, metrics: dict[str, Any], path: str | Path | None = None) -> Path:
+        """Write the metrics dict as JSON (default: ``metrics.json``)."""
+        return write_json(path or self.metrics_path, metrics)
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
