@@ -1,0 +1,762 @@
+"""Throughput, memory, FLOPs and model FLOP utilisation (MFU) of dense models: the engine of ``predec bench``.
+
+One *measurement* is a model spec (``arch:encoder[:decoder]``) × mode × precision × memory format. Modes:
+
+- ``train``: forward + loss + backward + AdamW step (``predec.optim.build_optimizer`` defaults), model in train mode.
+- ``infer``: eager forward under ``torch.inference_mode``, model in eval mode.
+- ``compile``: as ``infer`` on ``torch.compile(model)`` (mode default); the first call, which compiles, is timed
+  separately (``setup_s``).
+- ``onnx``: the fp32 model exported to ONNX (NCHW), run by an ONNX Runtime session; export + session creation is
+  ``setup_s``. Measured once per model (ONNX Runtime has no bf16 CPU kernels and picks its own memory layout).
+
+Precisions: ``fp32`` and ``bf16`` (bf16-mixed: ``torch.autocast`` to bfloat16, losses in fp32), as Lightning's
+``32-true`` and ``bf16-mixed``. :func:`default_precision` says which one the library uses on a device.
+
+Definitions (also in ``docs/benchmarks.md``):
+
+- images/s = batch / median step time (the median resists interference from other processes on a shared machine).
+- FLOPs per image: ``torch.utils.flop_counter.FlopCounterMode`` over one eager call at the benchmark batch, ÷ batch
+  (train: forward + backward, measured; infer/compile/onnx: forward). Multiply–add = 2 FLOPs.
+- MFU = FLOPs per image × images/s ÷ peak, the peak being the best FLOP/s of a square matmul loop in the same
+  dtype (fp32 or bf16), same device and thread count, measured in the same run (:func:`matmul_peak_flops`).
+- Memory, CPU: the resident-set high-water mark (Linux ``VmHWM``) of a fresh process per measurement, reset through
+  ``/proc/self/clear_refs`` after the setup (imports, model build, compile/export) so it covers the measured
+  steps; everything resident counts (Python, torch, weights, optimiser state, activations, allocator caches).
+  CUDA: ``torch.cuda.max_memory_allocated`` over the same span (tensors only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+MODES: tuple[str, ...] = ("train", "infer", "compile", "onnx")
+TASKS: tuple[str, ...] = ("segmentation", "depth")
+CLASSIFIER_ARCH = "timm"
+"""Spec ``timm:<name>``: a plain timm classification model (1000 classes), a reference point such as ResNet-50."""
+LIGHTNING_PRECISION: dict[str, str] = {"fp32": "32-true", "bf16": "bf16-mixed"}
+BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx512f", "bf16")
+"""``/proc/cpuinfo`` flags reported with the results (bf16 units: avx512_bf16, amx_bf16; aarch64: bf16)."""
+DEFAULT_MODELS: tuple[str, ...] = (
+    "xnet:resnet18:resnet18",
+    "xnet:resnet18:convnext_atto",
+    "fpn:resnet18",
+    "unet:resnet18",
+)
+RESULT_FIELDS: tuple[str, ...] = (
+    "model",
+    "mode",
+    "precision",
+    "channels_last",
+    "status",
+    "error",
+    "params",
+    "gflops_per_image",
+    "images_per_s",
+    "step_ms_median",
+    "step_ms_min",
+    "step_ms_max",
+    "mfu",
+    "setup_s",
+    "setup_mem_mb",
+    "peak_mem_mb",
+    "memory_method",
+    "wall_s",
+)
+"""Keys of every result row (``error`` is None unless ``status == "failed"``)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to benchmark, written ``arch:encoder[:decoder]``.
+
+    Attributes:
+        arch: a predec architecture (:func:`predec.list_models`) or ``"timm"`` (plain timm classifier).
+        encoder: timm model name of the encoder (for ``timm``: the classifier).
+        decoder: timm model name of the ×Net decoder backbone (``xnet`` only, required there).
+    """
+
+    arch: str
+    encoder: str
+    decoder: str | None = None
+
+    def __str__(self) -> str:
+        return ":".join(part for part in (self.arch, self.encoder, self.decoder) if part)
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parse ``arch:encoder[:decoder]`` (``xnet:resnet18:convnext_atto``, ``fpn:resnet18``, ``timm:resnet50``).
+
+    Raises:
+        ValueError: unknown architecture or backbone, missing or superfluous decoder.
+    """
+    from predec.models.base import list_models
+    from predec.models.encoders import check_backbone_name
+
+    parts = text.split(":")
+    archs = [*list_models(), CLASSIFIER_ARCH]
+    example = "write arch:encoder[:decoder], e.g. xnet:resnet18:convnext_atto, fpn:resnet18 or timm:resnet50"
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"Bad model spec {text!r}: {example}.")
+    arch, encoder, decoder = parts[0], parts[1], parts[2] if len(parts) == 3 else None
+    if arch not in archs:
+        raise ValueError(f"Bad model spec {text!r}: unknown architecture {arch!r}; valid: {', '.join(archs)}.")
+    if arch == "xnet" and decoder is None:
+        raise ValueError(f"Bad model spec {text!r}: xnet needs a decoder backbone, e.g. xnet:{encoder}:resnet18.")
+    if arch != "xnet" and decoder is not None:
+        raise ValueError(f"Bad model spec {text!r}: only xnet takes a decoder backbone; write {arch}:{encoder}.")
+    for name in (encoder, decoder):
+        if name is not None:
+            check_backbone_name(name)
+    return ModelSpec(arch, encoder, decoder)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measurement (run in its own process by :func:`run_bench`).
+
+    Attributes:
+        model: model spec text ``arch:encoder[:decoder]``.
+        mode: one of :data:`MODES`.
+        precision: one of :data:`PRECISIONS`.
+        channels_last: model and input in ``torch.channels_last`` (None for ``onnx``).
+        height: input height.
+        width: input width.
+        batch: images per step.
+        task: ``segmentation`` or ``depth`` (ignored by ``timm:`` classifiers).
+        num_classes: segmentation classes.
+        steps: timed steps.
+        warmup: untimed steps before them (after the FLOP-counting call).
+        threads: ``torch.set_num_threads`` (and ONNX Runtime intra-op threads).
+        device: ``cpu`` or ``cuda[:N]``.
+        compile_backend: ``torch.compile`` backend (``inductor`` is the default of torch).
+    """
+
+    model: str
+    mode: str
+    precision: str = "fp32"
+    channels_last: bool | None = False
+    height: int = 128
+    width: int = 128
+    batch: int = 4
+    task: str = "segmentation"
+    num_classes: int = 21
+    steps: int = 5
+    warmup: int = 1
+    threads: int = 1
+    device: str = "cpu"
+    compile_backend: str = "inductor"
+
+
+def cpu_name() -> str:
+    """The CPU model name (``/proc/cpuinfo`` "model name", else ``platform.processor()``)."""
+    with contextlib.suppress(OSError):
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (``flags`` on x86, ``Features`` on aarch64); empty if unknown."""
+    with contextlib.suppress(OSError):
+        match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        if match:
+            return set(match.group(1).split())
+    return set()
+
+
+def default_precision(device: str | torch.device = "cpu") -> str:
+    """The precision predec trains with on ``device``: ``"bf16"`` (bf16-mixed) where the hardware computes in
+    bf16, else ``"fp32"``.
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: native bf16 units (AVX512-BF16 or AMX); without them oneDNN
+    emulates bf16 and it is slower than fp32 (measured in ``docs/benchmarks.md``). Same rule as the trainer's
+    ``precision: auto`` (:func:`predec.engine.trainer.default_precision`).
+    """
+    from predec.engine.trainer import default_precision as lightning_default
+
+    accelerator = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    return "bf16" if lightning_default(accelerator) == "bf16-mixed" else "fp32"
+
+
+def bf16_runs(device: str | torch.device = "cpu") -> bool:
+    """Whether bf16 autocast can run on ``device`` at all (natively or emulated by oneDNN on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_flops(
+    dtype: torch.dtype, device: str | torch.device = "cpu", size: int = 2048, min_time: float = 1.0, threads: int = 1
+) -> float:
+    """The best FLOP/s of ``size × size`` matmuls in ``dtype``: the peak that MFU is measured against.
+
+    One untimed warm-up product, then products until ``min_time`` seconds have passed (at least 3); the fastest
+    counts (2·size³ FLOPs each).
+
+    Args:
+        dtype: ``torch.float32`` or ``torch.bfloat16``.
+        device: where to multiply.
+        size: matrix side.
+        min_time: seconds to keep multiplying.
+        threads: CPU threads (``torch.set_num_threads``), as in the measurements.
+    """
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    best = float("inf")
+    with _num_threads(threads), torch.inference_mode():
+        torch.mm(a, b)
+        _synchronize(device)
+        start = time.perf_counter()
+        reps = 0
+        while reps < 3 or time.perf_counter() - start < min_time:
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            _synchronize(device)
+            best = min(best, time.perf_counter() - t0)
+            reps += 1
+    return 2.0 * size**3 / best
+
+
+# --------------------------------------------------------------------------------------------------- memory
+def _proc_status_kb(key: str) -> int | None:
+    with contextlib.suppress(OSError):
+        match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+class _MemoryProbe:
+    """Peak memory over a span: CUDA allocator stats, or the Linux RSS high-water mark reset via clear_refs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.method = "cuda max_memory_allocated"
+        self.setup_mb: float | None = None
+
+    def start(self) -> None:
+        """Begin the span: reset the peak and remember the current usage."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.setup_mb = torch.cuda.memory_allocated(self.device) / 2**20
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS (Linux ≥ 4.0)
+            self.method = "peak RSS (VmHWM) of the measured span"
+        except OSError:
+            self.method = "peak RSS (VmHWM) of the whole process (no clear_refs)"
+        rss = _proc_status_kb("VmRSS")
+        self.setup_mb = None if rss is None else rss / 1024
+        if rss is None:
+            self.method = "peak RSS (getrusage) of the whole process"
+
+    def peak_mb(self) -> float | None:
+        """Peak usage since :meth:`start` (MiB)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        hwm = _proc_status_kb("VmHWM")
+        if hwm is not None:
+            return hwm / 1024
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+# --------------------------------------------------------------------------------------------------- measuring
+def build_model(spec: ModelSpec, task: str, num_classes: int) -> nn.Module:
+    """The model of ``spec`` with random weights (``timm:`` → 1000-class timm classifier)."""
+    if spec.arch == CLASSIFIER_ARCH:
+        import timm
+
+        return timm.create_model(spec.encoder, pretrained=False, num_classes=1000)
+    from predec.models.base import create_model
+
+    return create_model(
+        spec.arch,
+        encoder=spec.encoder,
+        decoder=spec.decoder,
+        task=task,
+        num_classes=num_classes if task == "segmentation" else None,
+    )
+
+
+def _inputs_and_loss(
+    spec: ModelSpec, m: Measurement, device: torch.device
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Random normalised images and a loss on the model output, as training would compute it."""
+    import torch.nn.functional as F
+
+    from predec.tasks.depth import silog_loss
+    from predec.tasks.segmentation import cross_entropy_loss
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(m.batch, 3, m.height, m.width, generator=generator).to(device)
+    if spec.arch == CLASSIFIER_ARCH:
+        classes = torch.randint(0, 1000, (m.batch,), generator=generator).to(device)
+        return x, lambda out: F.cross_entropy(out.float(), classes)
+    if m.task == "segmentation":
+        labels = torch.randint(0, m.num_classes, (m.batch, m.height, m.width), generator=generator).to(device)
+        return x, lambda out: cross_entropy_loss(out, labels)
+    depth = (0.5 + 9.5 * torch.rand(m.batch, 1, m.height, m.width, generator=generator)).to(device)
+    return x, lambda out: silog_loss(out, depth)
+
+
+def _count_flops(fn: Callable[[], Any]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _time_steps(fn: Callable[[], Any], warmup: int, steps: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _export_onnx(model: nn.Module, x: Tensor, path: Path) -> None:
+    """Export ``model`` (fp32, eval) at the input shape of ``x`` to ``path`` (TorchScript-based exporter)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (x,), str(path), dynamo=False, input_names=["images"], output_names=["out"], opset_version=17
+        )
+
+
+def measure(m: Measurement) -> dict[str, Any]:
+    """Run one measurement in this process and return its result row (keys :data:`RESULT_FIELDS`).
+
+    Raises:
+        ValueError: bad mode, precision, task or model spec.
+    """
+    for name, value, valid in (
+        ("mode", m.mode, MODES),
+        ("precision", m.precision, PRECISIONS),
+        ("task", m.task, TASKS),
+    ):
+        if value not in valid:
+            raise ValueError(f"Unknown {name} {value!r}; valid: {', '.join(valid)}.")
+    if m.steps < 1 or m.warmup < 0 or m.batch < 1:
+        raise ValueError(f"Need steps ≥ 1, warmup ≥ 0, batch ≥ 1; got {m.steps}, {m.warmup}, {m.batch}.")
+    wall_start = time.perf_counter()
+    torch.set_num_threads(m.threads)
+    torch.manual_seed(0)
+    device = torch.device(m.device)
+    spec = parse_model_spec(m.model)
+    model = build_model(spec, m.task, m.num_classes).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    x, loss_fn = _inputs_and_loss(spec, m, device)
+    channels_last = bool(m.channels_last) and m.mode != "onnx"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    bf16 = m.precision == "bf16" and m.mode != "onnx"
+    autocast = (
+        (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    )
+    memory = _MemoryProbe(device)
+    setup_s = None
+
+    if m.mode == "train":
+        from predec.config import OptimConfig
+        from predec.optim import build_optimizer
+
+        model.train()
+        optimizer = build_optimizer(model, OptimConfig())
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                out = model(x)
+            loss_fn(out).backward()
+            optimizer.step()
+
+        memory.start()
+        flops = _count_flops(step)
+    else:
+        model.eval()
+
+        def forward(net: Callable[[Tensor], Tensor]) -> Callable[[], Any]:
+            def run() -> Any:
+                with torch.inference_mode(), autocast():
+                    return net(x)
+
+            return run
+
+        step = forward(model)
+        if m.mode == "infer":
+            memory.start()
+            flops = _count_flops(step)
+        elif m.mode == "compile":
+            flops = _count_flops(step)
+            compiled = torch.compile(model, backend=m.compile_backend)
+            step = forward(compiled)
+            t0 = time.perf_counter()
+            step()
+            _synchronize(device)
+            setup_s = time.perf_counter() - t0
+            memory.start()
+        else:  # onnx
+            flops = _count_flops(step)
+            step, setup_s = _onnx_step(model.cpu(), x.cpu(), m.threads)
+            del model
+            memory.start()
+    times = _time_steps(step, m.warmup, m.steps, device)
+    peak_mb = memory.peak_mb()
+
+    median = statistics.median(times)
+    images_per_s = m.batch / median
+    flops_per_image = flops / m.batch
+    return {
+        "model": m.model,
+        "mode": m.mode,
+        "precision": "fp32" if m.mode == "onnx" else m.precision,
+        "channels_last": None if m.mode == "onnx" else channels_last,
+        "status": "ok",
+        "error": None,
+        "params": params,
+        "gflops_per_image": flops_per_image / 1e9,
+        "images_per_s": images_per_s,
+        "step_ms_median": 1e3 * median,
+        "step_ms_min": 1e3 * min(times),
+        "step_ms_max": 1e3 * max(times),
+        "mfu": None,  # filled in by run_bench from the peak of this precision
+        "achieved_gflop_per_s": flops_per_image * images_per_s / 1e9,
+        "setup_s": setup_s,
+        "setup_mem_mb": memory.setup_mb,
+        "peak_mem_mb": peak_mb,
+        "memory_method": memory.method,
+        "wall_s": time.perf_counter() - wall_start,
+    }
+
+
+def _onnx_step(model: nn.Module, x: Tensor, threads: int) -> tuple[Callable[[], Any], float]:
+    """Export to a temporary ONNX file and return (a step running it in ONNX Runtime, export + session seconds)."""
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="predec-bench-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        _export_onnx(model.float().eval(), x.float(), path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.float().contiguous().numpy()}
+    setup_s = time.perf_counter() - t0
+    return (lambda: session.run(None, feed)), setup_s
+
+
+# --------------------------------------------------------------------------------------------------- orchestration
+def _failed_row(m: Measurement, error: str, wall_s: float) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(RESULT_FIELDS)
+    row.update(
+        model=m.model,
+        mode=m.mode,
+        precision=m.precision,
+        channels_last=m.channels_last,
+        status="failed",
+        error=error,
+        wall_s=wall_s,
+    )
+    return row
+
+
+def measure_isolated(m: Measurement, timeout: float = 1800.0) -> dict[str, Any]:
+    """Run :func:`measure` in a fresh Python process (``python -m predec.bench``), so that its peak memory is its
+    own; a crash or timeout gives a row with ``status="failed"`` and the error text."""
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="predec-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "predec.bench", json.dumps(asdict(m)), str(out)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return _failed_row(m, f"timed out after {timeout:.0f} s", time.perf_counter() - start)
+        if proc.returncode != 0 or not out.is_file():
+            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            return _failed_row(m, f"exit code {proc.returncode}: {tail}", time.perf_counter() - start)
+        return json.loads(out.read_text())
+
+
+def plan_measurements(
+    models: Sequence[str],
+    modes: Sequence[str],
+    precisions: Sequence[str],
+    channels_last: Sequence[bool],
+    **settings: Any,
+) -> list[Measurement]:
+    """Every measurement of a run: model × precision × channels_last × mode, ``onnx`` once per model (fp32, NCHW).
+
+    Args:
+        models: model spec texts.
+        modes: subset of :data:`MODES`.
+        precisions: subset of :data:`PRECISIONS`.
+        channels_last: memory formats to try (``[False]``, ``[True]`` or both).
+        **settings: the other :class:`Measurement` fields (size, batch, task, steps, ...).
+    """
+    for name, values, valid in (("mode", modes, MODES), ("precision", precisions, PRECISIONS)):
+        bad = [v for v in values if v not in valid]
+        if bad or not values:
+            raise ValueError(f"Bad {name}s {list(values)}; choose from {', '.join(valid)}.")
+    plan = []
+    for text in models:
+        parse_model_spec(text)  # fail before any measurement runs
+        for precision in precisions:
+            for cl in channels_last:
+                plan += [Measurement(text, mode, precision, cl, **settings) for mode in modes if mode != "onnx"]
+        if "onnx" in modes:
+            plan.append(Measurement(text, "onnx", "fp32", None, **settings))
+    return plan
+
+
+@dataclass
+class BenchReport:
+    """Everything one ``predec bench`` run measured (``to_json`` gives the JSON file's content).
+
+    Attributes:
+        machine: CPU name, bf16-relevant flags, device, threads, library versions, load average at start and end.
+        settings: input size, batch, task, steps, warm-up, matmul size.
+        default_precision: :func:`default_precision` on the device.
+        peak_gflop_per_s: measured matmul peak per precision.
+        results: one row per measurement (keys :data:`RESULT_FIELDS` + ``achieved_gflop_per_s``).
+    """
+
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    default_precision: str
+    peak_gflop_per_s: dict[str, float]
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """The report as indented JSON."""
+        return json.dumps(asdict(self), indent=2)
+
+
+def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
+    """CPU/GPU name, bf16-relevant CPU flags, threads and library versions."""
+    import onnxruntime
+    import timm
+
+    flags = cpu_flags()
+    info: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "bf16_cpu_flags": {flag: flag in flags for flag in BF16_CPU_FLAGS},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device": str(device),
+        "threads": threads,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_bench(
+    models: Sequence[str] = DEFAULT_MODELS,
+    *,
+    modes: Sequence[str] = ("train", "infer", "onnx"),
+    precisions: Sequence[str] | None = None,
+    channels_last: Sequence[bool] = (True,),
+    height: int = 128,
+    width: int = 128,
+    batch: int = 4,
+    task: str = "segmentation",
+    num_classes: int = 21,
+    steps: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+    device: str = "cpu",
+    compile_backend: str = "inductor",
+    matmul_size: int | None = None,
+    matmul_seconds: float = 1.0,
+    isolate: bool = True,
+    timeout: float = 1800.0,
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Measure every model × precision × memory format × mode and the matmul peaks; fill in MFU.
+
+    Args:
+        models: model specs ``arch:encoder[:decoder]``.
+        modes: subset of :data:`MODES`.
+        precisions: subset of :data:`PRECISIONS`; None = ``fp32`` and ``bf16`` where bf16 runs at all.
+        channels_last: memory formats to measure.
+        height: input height (a multiple of the model's output stride).
+        width: input width.
+        batch: images per step.
+        task: ``segmentation`` or ``depth``.
+        num_classes: segmentation classes.
+        steps: timed steps per measurement.
+        warmup: untimed steps before them.
+        threads: CPU threads; None = ``torch.get_num_threads()``.
+        device: ``cpu``, ``cuda``, ``cuda:1``, or ``auto`` (cuda if available).
+        compile_backend: ``torch.compile`` backend of the ``compile`` mode.
+        matmul_size: matrix side of the peak measurement; None = 2048 on CPU, 8192 on CUDA.
+        matmul_seconds: seconds spent per dtype on the peak measurement.
+        isolate: one fresh process per measurement (honest peak memory); False runs them in this process.
+        timeout: seconds allowed per isolated measurement.
+        progress: called with a line of text before each measurement.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    threads = threads or torch.get_num_threads()
+    if precisions is None:
+        precisions = ["fp32", "bf16"] if bf16_runs(dev) else ["fp32"]
+    if "bf16" in precisions and not bf16_runs(dev):
+        raise ValueError(f"bf16 autocast does not run on {device}; use --precision fp32.")
+    matmul_size = matmul_size or (8192 if dev.type == "cuda" else 2048)
+    settings = dict(
+        height=height,
+        width=width,
+        batch=batch,
+        task=task,
+        num_classes=num_classes,
+        steps=steps,
+        warmup=warmup,
+        threads=threads,
+        device=device,
+        compile_backend=compile_backend,
+    )
+    plan = plan_measurements(models, modes, precisions, channels_last, **settings)
+    machine = machine_info(dev, threads)
+    machine["loadavg_start"] = list(os.getloadavg())
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    needed = {row.precision for row in plan}
+    peaks = {p: matmul_peak_flops(dtypes[p], dev, matmul_size, matmul_seconds, threads) / 1e9 for p in sorted(needed)}
+    report = BenchReport(
+        machine=machine,
+        settings={**settings, "matmul_size": matmul_size, "isolated": isolate},
+        default_precision=default_precision(dev),
+        peak_gflop_per_s=peaks,
+    )
+    for index, m in enumerate(plan, 1):
+        if progress:
+            cl = "-" if m.channels_last is None else ("channels_last" if m.channels_last else "NCHW")
+            progress(f"[{index}/{len(plan)}] {m.model} {m.mode} {m.precision} {cl}")
+        if isolate:
+            row = measure_isolated(m, timeout)
+        else:
+            start = time.perf_counter()
+            try:
+                row = measure(m)
+            except Exception as err:  # a failing model must not stop the other measurements
+                row = _failed_row(m, f"{type(err).__name__}: {err}", time.perf_counter() - start)
+        if row["status"] == "ok":
+            row["mfu"] = row["achieved_gflop_per_s"] / peaks[row["precision"]]
+        report.results.append(row)
+    report.machine["loadavg_end"] = list(os.getloadavg())
+    return report
+
+
+# --------------------------------------------------------------------------------------------------- table
+def _fmt(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(report: BenchReport) -> str:
+    """The report as a markdown table with a header line of the machine, the peaks and the settings.
+
+    The ``vs fp32`` column divides images/s by that of the same model and mode in fp32 without channels_last
+    (the plain PyTorch default), where that was measured.
+    """
+    s = report.settings
+    peaks = ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in report.peak_gflop_per_s.items())
+    machine = report.machine.get("gpu") or report.machine["cpu"]
+    lines = [
+        f"Device: {machine} ({report.machine['device']}, {report.machine['threads']} threads) · "
+        f"input {s['batch']}×3×{s['height']}×{s['width']} · task {s['task']} · "
+        f"{s['steps']} timed steps after {s['warmup']} warm-up",
+        f"Matmul peak ({s['matmul_size']}², same run): {peaks} · predec default precision: {report.default_precision}",
+        "",
+        "| model | mode | precision | channels_last | params (M) | GFLOPs/img | img/s | vs fp32 | step ms | MFU "
+        "| peak MB | setup s |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    reference = {
+        (r["model"], r["mode"]): r["images_per_s"]
+        for r in report.results
+        if r["status"] == "ok" and r["precision"] == "fp32" and not r["channels_last"]
+    }
+    for r in report.results:
+        cl = "—" if r["channels_last"] is None else ("on" if r["channels_last"] else "off")
+        head = f"| {r['model']} | {r['mode']} | {r['precision']} | {cl} |"
+        if r["status"] != "ok":
+            lines.append(f"{head} failed: {str(r['error']).splitlines()[-1][:80]} ||||||||")
+            continue
+        ref = reference.get((r["model"], r["mode"]))
+        ratio = f"{r['images_per_s'] / ref:.2f}×" if ref else "—"
+        mfu = f"{100 * r['mfu']:.1f}%"
+        lines.append(
+            f"{head} {r['params'] / 1e6:.2f} | {r['gflops_per_image']:.2f} | {r['images_per_s']:.1f} | {ratio} | "
+            f"{r['step_ms_median']:.0f} | {mfu} | {_fmt(r['peak_mem_mb'], 0)} | {_fmt(r['setup_s'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def _worker(argv: Sequence[str]) -> int:
+    """``python -m predec.bench MEASUREMENT_JSON OUT_JSON``: run one measurement, write its row to OUT_JSON."""
+    if len(argv) != 2:
+        print("usage: python -m predec.bench MEASUREMENT_JSON OUT_JSON", file=sys.stderr)
+        return 2
+    row = measure(Measurement(**json.loads(argv[0])))
+    Path(argv[1]).write_text(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))
