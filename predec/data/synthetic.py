@@ -434,7 +434,7 @@ def _sample_scene(seed: int, index: int, size: tuple[int, int], opts: SceneOptio
     # primitives: standing on the floor inside the horizontal field of view, in the room, not overlapping.
     # Candidates are drawn in one batch and accepted greedily; fewer than wanted remain if the room is too full.
     wanted = int(rng.integers(opts.num_objects[0], opts.num_objects[1] + 1))
-    tries = 10 * wanted
+    tries = 25 * wanted
     shapes = _choose(rng, opts.shapes, tries)
     units, yaws = rng.random((tries, 3)), 2 * math.pi * rng.random(tries)
     azimuth, fraction = yaw + (1.8 * rng.random(tries) - 0.9) * half_fov_x, rng.random(tries)
@@ -613,7 +613,10 @@ def _to_uint8(image: np.ndarray, noise_std: float, rng: np.random.Generator) -> 
     image += 0.5
     if noise_std > 0:
         image += (noise_std * 255.0) * _gaussian_noise(rng, image.size).reshape(image.shape)
-    return np.clip(image, 0, 255, out=image).astype(np.uint8).transpose(1, 2, 0).copy()
+    np.clip(image, 0, 255, out=image)
+    result = np.empty((*image.shape[1:], 3), dtype=np.uint8)
+    np.copyto(result, image.transpose(1, 2, 0), casting="unsafe")  # truncation of x + 0.5 rounds
+    return result
 
 
 def render_scene(
