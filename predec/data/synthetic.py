@@ -188,7 +188,7 @@ def _random_materials(rng: np.random.Generator, textures: list[str], frequency: 
     """One random material per entry of ``textures`` (texture names), frequencies uniform in ``frequency``."""
     count = len(textures)
     colors = _random_colors(rng, 2 * count).reshape(count, 2, 3)
-    similar = np.linalg.norm(colors[:, 0] - colors[:, 1], axis=1) < 0.3  # keep patterns visible: complement
+    similar = ((colors[:, 0] - colors[:, 1]) ** 2).sum(axis=1) < 0.3**2  # keep patterns visible: complement
     colors[similar, 1] = 1 - colors[similar, 1]
     freqs = (frequency[0] + (frequency[1] - frequency[0]) * rng.random(count)).tolist()
     angles = (math.pi * rng.random(count)).tolist()
@@ -384,19 +384,20 @@ _OBJECT_FREQUENCY = (1.5, 7.0)  # texture cycles per metre on objects
 _ROOM_FREQUENCY = (0.6, 3.0)  # on floor and walls
 
 
-# primitive sizes in metres: radius (box: half-extents along its local x and y) and height, each low + span * U(0, 1)
-_RADIUS = {"sphere": (0.2, 0.35), "box": (0.12, 0.38), "cylinder": (0.12, 0.33), "cone": (0.15, 0.35)}
-_HEIGHT = {"sphere": (0.0, 0.0), "box": (0.2, 1.0), "cylinder": (0.2, 1.1), "cone": (0.3, 1.0)}  # sphere: 2 radius
+# primitive sizes in metres, per shape of OBJECT_SHAPES: radius (boxes: half-extents along their local x and y) and
+# height, each low + span * U(0, 1); a sphere's height is its diameter
+_RADIUS_LOW, _RADIUS_SPAN = np.array([0.2, 0.12, 0.12, 0.15]), np.array([0.35, 0.38, 0.33, 0.35])
+_HEIGHT_LOW, _HEIGHT_SPAN = np.array([0.0, 0.2, 0.2, 0.3]), np.array([0.0, 1.0, 1.1, 1.0])
+_SPHERE, _BOX = OBJECT_SHAPES.index("sphere"), OBJECT_SHAPES.index("box")
 
 
-def _primitive_sizes(shapes: list[str], units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(radius, half_y, height) of primitives of ``shapes`` from uniform numbers ``units`` (len(shapes), 3)."""
-    r_low, r_span = np.array([_RADIUS[s] for s in shapes]).T
-    h_low, h_span = np.array([_HEIGHT[s] for s in shapes]).T
-    is_box = np.array([s == "box" for s in shapes])
-    radius = r_low + r_span * units[:, 0]
-    half_y = np.where(is_box, r_low + r_span * units[:, 1], radius)
-    height = np.where(np.array([s == "sphere" for s in shapes]), 2 * radius, h_low + h_span * units[:, 2])
+def _primitive_sizes(shape_ids: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(radius, half_y, height) of primitives with ``OBJECT_SHAPES`` indices ``shape_ids`` (N,) from uniform numbers
+    ``units`` (N, 3)."""
+    is_box = shape_ids == _BOX
+    radius = _RADIUS_LOW[shape_ids] + _RADIUS_SPAN[shape_ids] * units[:, 0]
+    half_y = np.where(is_box, _RADIUS_LOW[shape_ids] + _RADIUS_SPAN[shape_ids] * units[:, 1], radius)
+    height = np.where(shape_ids == _SPHERE, 2 * radius, _HEIGHT_LOW[shape_ids] + _HEIGHT_SPAN[shape_ids] * units[:, 2])
     return radius, half_y, height
 
 
@@ -435,11 +436,12 @@ def _sample_scene(seed: int, index: int, size: tuple[int, int], opts: SceneOptio
     # Candidates are drawn in one batch and accepted greedily; fewer than wanted remain if the room is too full.
     wanted = int(rng.integers(opts.num_objects[0], opts.num_objects[1] + 1))
     tries = 25 * wanted
-    shapes = _choose(rng, opts.shapes, tries)
+    allowed = np.array([OBJECT_SHAPES.index(shape) for shape in opts.shapes])
+    shape_ids = allowed[rng.integers(len(allowed), size=tries)]
     units, yaws = rng.random((tries, 3)), 2 * math.pi * rng.random(tries)
     azimuth, fraction = yaw + (1.8 * rng.random(tries) - 0.9) * half_fov_x, rng.random(tries)
-    radius, half_width, height = _primitive_sizes(shapes, units)
-    reach = np.where(np.array([s == "box" for s in shapes], dtype=bool), np.hypot(radius, half_width), radius)
+    radius, half_width, height = _primitive_sizes(shape_ids, units)
+    reach = np.where(shape_ids == _BOX, np.hypot(radius, half_width), radius)
     cos_a, sin_a = np.cos(azimuth), np.sin(azimuth)
     to_wall = np.minimum((np.copysign(half_x, cos_a) - cam_x) / cos_a, (np.copysign(half_y, sin_a) - cam_y) / sin_a)
     # distance along the azimuth: from close to the camera (top still in view) up to the wall minus the reach
@@ -457,9 +459,10 @@ def _sample_scene(seed: int, index: int, size: tuple[int, int], opts: SceneOptio
             if len(accepted) == wanted:
                 break
     materials = _random_materials(rng, _choose(rng, opts.textures, len(accepted)), _OBJECT_FREQUENCY)
+    sizes = [values[accepted].tolist() for values in (shape_ids, radius, half_width, height, yaws)]
     primitives = [
-        _Primitive(shapes[k], xs[k], ys[k], float(radius[k]), float(half_width[k]), float(height[k]), float(yaws[k]), m)
-        for k, m in zip(accepted, materials)
+        _Primitive(OBJECT_SHAPES[shape], xs[k], ys[k], r, half, h, yaw, material)
+        for k, shape, r, half, h, yaw, material in zip(accepted, *sizes, materials)
     ]
     return _Scene(
         size, intrinsics, pose, float(half_x), float(half_y), float(wall_height), floor_material, wall_material,
@@ -735,7 +738,7 @@ def _sample_object_scene(seed: int, index: int, size: tuple[int, int]) -> tuple[
     shape_id, texture_id = index % len(OBJECT_SHAPES), (index // len(OBJECT_SHAPES)) % len(TEXTURES)
     shape = OBJECT_SHAPES[shape_id]
     (material,) = _random_materials(rng, [TEXTURES[texture_id]], (2.5, 7.0))
-    radius, half_y, height = (float(v[0]) for v in _primitive_sizes([shape], rng.random((1, 3))))
+    radius, half_y, height = (float(v[0]) for v in _primitive_sizes(np.array([shape_id]), rng.random((1, 3))))
     prim = _Primitive(shape, 0.0, 0.0, radius, half_y, height, rng.uniform(0, 2 * math.pi), material)
     scale = rng.uniform(0.35, 0.6) / max(prim.bounding_radius, prim.height / 2)  # normalise the size, then vary it
     prim = dataclasses.replace(prim, radius=radius * scale, half_y=half_y * scale, height=height * scale)
