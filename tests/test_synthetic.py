@@ -187,10 +187,14 @@ def test_options_restrict_shapes_and_bad_options_are_rejected():
     sample = render_scene(0, 0, SMALL, shapes=("cone",), num_objects=(2, 2))
     assert sample.shapes == ("cone", "cone")
     assert set(np.unique(sample.labels)) <= {0, 1, SCENE_CLASSES.index("cone"), 255}
-    with pytest.raises(TypeError, match="unknown render option.*'colour'.*valid options"):
+    with pytest.raises(TypeError, match=r"unknown render option.*'colour'.*valid options"):
         render_scene(0, 0, SMALL, colour=True)
-    with pytest.raises(ValueError, match="shapes=.*torus"):
+    with pytest.raises(ValueError, match=r"shapes=.*torus"):
         render_scene(0, 0, SMALL, shapes=("torus",))
+    with pytest.raises(ValueError, match=r"ambient=\(0.5, 0.2\): expected \(low, high\)"):
+        render_scene(0, 0, SMALL, ambient=(0.5, 0.2))
+    with pytest.raises(ValueError, match=r"camera_height=.*below wall_height"):
+        render_scene(0, 0, SMALL, camera_height=(1.0, 3.0))
     with pytest.raises(ValueError, match="size="):
         render_scene(0, 0, (0, 10))
     with pytest.raises(ValueError, match="noise_std"):

@@ -86,6 +86,27 @@ class SceneOptions:
             raise ValueError(f"num_objects={self.num_objects!r}: expected (low, high) with 0 <= low <= high")
         if not 1.0 <= self.fov_deg <= 150.0:
             raise ValueError(f"fov_deg={self.fov_deg!r}: expected degrees in [1, 150]")
+        bounds = {
+            "ambient": (0.0, 1.0),
+            "room_size": (0.0, math.inf),
+            "wall_height": (0.0, math.inf),
+            "camera_height": (0.0, math.inf),
+            "camera_pitch_deg": (-60.0, 89.0),
+            "light_elevation_deg": (1.0, 90.0),  # the light comes from above
+        }
+        for name, (lowest, highest) in bounds.items():
+            value = tuple(getattr(self, name))
+            if len(value) != 2 or not lowest <= value[0] <= value[1] <= highest:
+                raise ValueError(f"{name}={value!r}: expected (low, high), {lowest:g} <= low <= high <= {highest:g}")
+        if self.camera_height[1] >= self.wall_height[0]:
+            raise ValueError(
+                f"camera_height={self.camera_height!r} must stay below wall_height={self.wall_height!r} (low end)"
+            )
+        if self.room_size[0] <= 2 * self.camera_wall_margin:
+            raise ValueError(
+                f"room_size={self.room_size!r}: the smallest room must exceed 2 * camera_wall_margin "
+                f"= {2 * self.camera_wall_margin:g} m"
+            )
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> SceneOptions:
