@@ -33,7 +33,7 @@ def check_backbone_name(name: str) -> None:
 
 def _create_timm(name: str, in_chans: int, **kwargs) -> nn.Module:
     """Create a timm model without classifier, allowing dense (arbitrary) input sizes where supported."""
-    base = dict(pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+    base = dict(pretrained=False, in_chans=in_chans, **{"num_classes": 0, **kwargs})
     # Transformers with a fixed grid (ViT, Swin) accept any input size with these flags; CNNs reject them.
     for extra in (dict(dynamic_img_size=True, strict_img_size=False), dict(dynamic_img_size=True), {}):
         try:
@@ -54,6 +54,8 @@ class TimmBackbone(nn.Module):
 
     Attributes:
         name: timm model name.
+        in_chans: input channels.
+        timm_kwargs: extra keyword arguments given to ``timm.create_model``.
         channels: channels of each output map.
         reductions: stride of each output map with respect to the input.
         model: the timm model (parameter names as in timm, classifier removed).
@@ -70,6 +72,8 @@ class TimmBackbone(nn.Module):
         super().__init__()
         check_backbone_name(name)
         self.name = name
+        self.in_chans = int(in_chans)
+        self.timm_kwargs = dict(timm_kwargs)
         self.model = _create_timm(name.split(".", 1)[0], in_chans, **timm_kwargs)
         if not hasattr(self.model, "forward_intermediates"):
             raise ValueError(f"timm model {name!r} has no forward_intermediates(); it cannot be a backbone.")
@@ -103,6 +107,21 @@ class TimmBackbone(nn.Module):
     def pretrained_cfg(self) -> dict:
         """timm's pretrained config of the model (mean/std, input size, ...)."""
         return dict(getattr(self.model, "pretrained_cfg", {}) or {})
+
+    @property
+    def first_conv_keys(self) -> list[str]:
+        """timm keys of the input convolution weight(s) (``conv1.weight``), adapted when ``in_chans != 3``."""
+        first_conv = self.pretrained_cfg.get("first_conv") or ()
+        names = (first_conv,) if isinstance(first_conv, str) else tuple(first_conv)
+        return [f"{n}.weight" for n in names]
+
+    def pruned_keys(self) -> set[str]:
+        """timm keys of the full classification model that this backbone lacks: classifier, final norm, and
+        stages after the last output. A timm classification state dict has them; loading ignores them.
+        """
+        with torch.device("meta"):
+            full = _create_timm(self.name.split(".", 1)[0], self.in_chans, **{**self.timm_kwargs, "num_classes": 1000})
+        return set(full.state_dict()) - set(self.model.state_dict())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Args:

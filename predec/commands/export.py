@@ -1,0 +1,61 @@
+"""Export a dense model to ONNX (dynamic batch, height and width), checked with onnxruntime.
+
+  predec export --checkpoint CKPT --onnx FILE [--size H W] [--opset N] [--dynamo] [--no-check] [--atol X]
+
+CKPT: a save_pretrained directory (config.json + model.safetensors) or a .safetensors file with config.json beside
+it. The ONNX graph has input "image" (batch, channels, height, width), normalised like the training images, and
+output "output" (depth in metres, or segmentation logits). Height and width must be multiples of the model's
+output stride. After export the file is run with onnxruntime at a second size (H + stride, W + 2·stride, batch 2)
+and compared with PyTorch; exit code 1 if the max abs difference exceeds --atol, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``export`` options to ``parser``."""
+    parser.add_argument("--checkpoint", required=True, type=Path, help="save_pretrained dir or .safetensors file")
+    parser.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
+    parser.add_argument(
+        "--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="example input size (256 256)"
+    )
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
+    parser.add_argument(
+        "--dynamo", action="store_true", help="use torch's dynamo exporter (slower; needed e.g. for ViT encoders)"
+    )
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted abs difference (default 1e-4)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, export, check. Exit codes: 0 ok, 1 check failed, 2 bad input."""
+    import predec
+    from predec.models.export import check_onnx, export_onnx
+
+    checkpoint = Path(args.checkpoint)
+    if checkpoint.suffix == ".ckpt":
+        print(
+            f"predec export: error: {checkpoint} is a training checkpoint; export reads a save_pretrained directory "
+            "or a .safetensors file with config.json beside it.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        model = predec.from_pretrained(checkpoint)
+        path = export_onnx(model, args.onnx, size=tuple(args.size), opset=args.opset, dynamo=args.dynamo)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"predec export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (input 'image' (batch, {model.in_chans}, height, width), dynamic batch/height/width)")
+    if args.no_check:
+        return 0
+    stride = model.output_stride
+    size = (args.size[0] + stride, args.size[1] + 2 * stride)
+    diff = check_onnx(model, path, size=size, batch_size=2)
+    verdict = "ok" if diff <= args.atol else f"FAILED (> {args.atol:g})"
+    print(f"onnxruntime vs PyTorch at 2×{size[0]}×{size[1]}: max abs diff {diff:.3g} {verdict}")
+    return 0 if diff <= args.atol else 1

@@ -1,0 +1,359 @@
+"""``DenseModel`` (encoder → decoder → head), ``create_model``, ``list_models`` and ``from_pretrained``.
+
+A ``DenseModel`` is rebuilt from its ``config`` alone: the config never holds weight specs, so loading a saved
+model (``from_pretrained``) restores its own tensors and never resolves encoder or decoder weights again.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+from predec.models.encoders import TimmBackbone, check_backbone_name
+from predec.models.heads import TASKS, build_head
+from predec.models.weights import WeightSpec, load_weights
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PAD_MODES: tuple[str, ...] = ("reflect", "replicate", "constant")
+
+
+def _decoders() -> dict[str, type[nn.Module]]:
+    """The decoder registry (imported lazily: decoder modules import this package's encoders)."""
+    from predec.models.decoders import DECODERS
+
+    return DECODERS
+
+
+def list_models() -> list[str]:
+    """Names of the dense architectures (``arch`` of :func:`create_model`); backbones are any timm model."""
+    return sorted(_decoders())
+
+
+def _unknown(kind: str, name: str, valid: Sequence[str]) -> ValueError:
+    close = difflib.get_close_matches(str(name), list(valid), n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ValueError(f"Unknown {kind} {name!r}; valid: {', '.join(valid)}.{hint}")
+
+
+def _checks_enabled() -> bool:
+    """Eager-mode input checks are skipped while compiling, exporting or tracing (they would add guards)."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
+class DenseModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="predec",
+    tags=["predec", "dense-prediction"],
+):
+    """Encoder (timm backbone) → decoder (any registered architecture) → task head.
+
+    Build it with :func:`predec.create_model` (which also loads weights); ``DenseModel(**model.config)`` rebuilds
+    the architecture with random weights.
+
+    Args:
+        arch: decoder architecture, one of :func:`list_models` (``"xnet"``, ``"fpn"``, ...).
+        encoder: timm model name of the encoder.
+        decoder: timm classification model used as the ×Net decoder (``arch="xnet"`` only, required there).
+        task: ``"depth"`` or ``"segmentation"``.
+        num_classes: number of classes (segmentation only, required there).
+        max_depth: largest depth in metres (depth only).
+        min_depth: smallest depth in metres (depth only).
+        in_chans: input channels.
+        encoder_kwargs: extra keyword arguments for ``timm.create_model`` of the encoder (e.g. ``drop_path_rate``).
+        **decoder_kwargs: keyword arguments of the decoder class (JSON-serialisable, they go into the config).
+
+    Attributes:
+        encoder: the ``TimmBackbone``.
+        decoder: the decoder; its ``DecoderOutput.out`` feeds the head.
+        head: ``DepthHead`` or ``SegmentationHead``; it upsamples bilinearly to the input size (depth: before the
+            sigmoid; segmentation: the logits).
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        encoder: str = "resnet18",
+        decoder: str | None = None,
+        task: str = "segmentation",
+        num_classes: int | None = None,
+        max_depth: float = 10.0,
+        min_depth: float = 0.0,
+        in_chans: int = 3,
+        encoder_kwargs: dict[str, Any] | None = None,
+        **decoder_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        decoders = _decoders()
+        if arch not in decoders:
+            raise _unknown("architecture", arch, sorted(decoders))
+        if task not in TASKS:
+            raise _unknown("task", task, TASKS)
+        if task == "segmentation" and num_classes is None:
+            raise ValueError("task='segmentation' needs num_classes (the number of classes, e.g. 21 for VOC).")
+        if task == "depth" and num_classes is not None:
+            raise ValueError(f"num_classes={num_classes} is for task='segmentation'; task='depth' predicts one map.")
+        for name, value in {**(encoder_kwargs or {}), **decoder_kwargs}.items():
+            try:
+                json.dumps(value)
+            except TypeError as err:
+                raise ValueError(
+                    f"Model option {name}={value!r} is not JSON-serialisable, so the saved config could not rebuild "
+                    "the model; pass plain numbers, strings, lists or dicts."
+                ) from err
+        check_backbone_name(encoder)
+        self.arch = arch
+        self.task = task
+        self.in_chans = int(in_chans)
+        self.encoder = TimmBackbone(encoder, in_chans=in_chans, **(encoder_kwargs or {}))
+        if arch == "xnet":
+            if decoder is None:
+                raise ValueError(
+                    "arch='xnet' needs decoder=<timm classification model name>, the pre-trained decoder backbone "
+                    "(e.g. decoder='convnext_atto')."
+                )
+            if "backbone" in decoder_kwargs:
+                raise ValueError("Give the ×Net decoder backbone once, as decoder=..., not also as backbone=....")
+            check_backbone_name(decoder)
+            decoder_kwargs = {"backbone": decoder, "in_chans": self.in_chans, **decoder_kwargs}
+        elif decoder is not None:
+            raise ValueError(
+                f"decoder={decoder!r} names a ×Net decoder backbone, but arch={arch!r} builds its own decoder: "
+                "leave decoder=None, or use arch='xnet'."
+            )
+        try:
+            self.decoder = decoders[arch](self.encoder.channels, self.encoder.reductions, **decoder_kwargs)
+        except TypeError as err:
+            raise TypeError(f"Cannot build the {arch!r} decoder with options {decoder_kwargs}: {err}") from err
+        self.head = build_head(
+            task, self.decoder.out_channels, num_classes=num_classes, max_depth=max_depth, min_depth=min_depth
+        )
+        self._encoder_frozen = False
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (a plain JSON-able dict): ``DenseModel(**config)`` rebuilds the architecture."""
+        return dict(self._hub_mixin_config or {})
+
+    @property
+    def output_stride(self) -> int:
+        """Input height and width must be multiples of this (``predict`` pads to it)."""
+        strides = [self.encoder.output_stride, int(getattr(self.decoder, "input_divisor", 1))]
+        backbone = getattr(self.decoder, "backbone", None)
+        if isinstance(backbone, TimmBackbone):
+            strides.append(backbone.output_stride)
+        return math.lcm(*strides)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"Expected images (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}.")
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        s = self.output_stride
+        if h % s or w % s:
+            down = (h // s * s, w // s * s)
+            up = (-(-h // s) * s, -(-w // s) * s)
+            down_text = f"{down[0]}×{down[1]} (crop or resize down) or " if min(down) > 0 else ""
+            raise ValueError(
+                f"Input size {h}×{w} is not divisible by the model's output stride {s}: use {down_text}"
+                f"{up[0]}×{up[1]} (pad up), or call model.predict(x), which pads and crops back."
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args:
+            x: normalised images (B, in_chans, H, W), H and W multiples of ``output_stride``.
+
+        Returns:
+            depth: (B, 1, H, W) metres in ``(min_depth, max_depth]``; segmentation: logits (B, num_classes, H, W).
+        """
+        if _checks_enabled():
+            self._check_input(x)
+        features = self.encoder(x)
+        decoded = self.decoder(features, x)
+        size = None if self.decoder.out_reduction == 1 else (x.shape[-2], x.shape[-1])
+        return self.head(decoded.out, size=size)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, pad_mode: str = "reflect") -> Tensor:
+        """Inference on any input size: eval mode, no grad, pad bottom/right to ``output_stride``, crop back.
+
+        Args:
+            x: normalised images (B, in_chans, H, W) of any H, W.
+            pad_mode: ``"reflect"`` (default; falls back to ``"replicate"`` when the image is smaller than the
+                padding), ``"replicate"`` or ``"constant"`` (zeros).
+
+        Returns:
+            As ``forward``, cropped to (H, W). The model's training mode is restored afterwards.
+        """
+        if pad_mode not in PAD_MODES:
+            raise _unknown("pad_mode", pad_mode, PAD_MODES)
+        if x.ndim != 4:
+            raise ValueError(f"Expected images (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}.")
+        h, w = x.shape[-2:]
+        s = self.output_stride
+        pad_h, pad_w = -h % s, -w % s
+        if pad_h or pad_w:
+            mode = "replicate" if pad_mode == "reflect" and (pad_h >= h or pad_w >= w) else pad_mode
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        was_training = self.training
+        self.eval()
+        try:
+            y = self(x)
+        finally:
+            self.train(was_training)
+        return y[..., :h, :w]
+
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder: no gradients, and its norm layers stay in eval mode (frozen statistics)."""
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+        self._encoder_frozen = True
+
+    def unfreeze_encoder(self) -> None:
+        """Undo :meth:`freeze_encoder`."""
+        self.encoder.requires_grad_(True)
+        self.encoder.train(self.training)
+        self._encoder_frozen = False
+
+    def train(self, mode: bool = True) -> DenseModel:
+        """As ``nn.Module.train``; a frozen encoder stays in eval mode."""
+        super().train(mode)
+        if self._encoder_frozen:
+            self.encoder.eval()
+        return self
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> DenseModel:
+        """Rebuild from the config (random init, no weight resolution), then load ``model.safetensors`` strictly."""
+        model = cls(**model_kwargs)
+        if os.path.isdir(model_id):
+            weights = Path(model_id) / WEIGHTS_NAME
+            if not weights.is_file():
+                raise FileNotFoundError(f"{str(weights)!r} not found: a saved predec model holds {WEIGHTS_NAME}.")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            weights = hf_hub_download(
+                repo_id=model_id,
+                filename=WEIGHTS_NAME,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+            )
+        missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=strict, device=map_location)
+        if missing or unexpected:
+            raise ValueError(f"{weights}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}.")
+        return model
+
+
+def create_model(
+    arch: str,
+    encoder: str = "resnet18",
+    decoder: str | None = None,
+    task: str = "segmentation",
+    num_classes: int | None = None,
+    max_depth: float = 10.0,
+    min_depth: float = 0.0,
+    encoder_weights: WeightSpec = None,
+    decoder_weights: WeightSpec = None,
+    in_chans: int = 3,
+    encoder_kwargs: dict[str, Any] | None = None,
+    **decoder_kwargs: Any,
+) -> DenseModel:
+    """Build a dense model and load its encoder and decoder weights.
+
+    Args:
+        arch: decoder architecture, one of :func:`list_models`.
+        encoder: timm model name of the encoder (any timm model with ``features_only`` support).
+        decoder: timm classification model name of the ×Net decoder (``arch="xnet"`` only, required there).
+        task: ``"depth"`` or ``"segmentation"``.
+        num_classes: number of classes (segmentation only, required there).
+        max_depth: largest depth in metres (depth only); outputs lie in ``(min_depth, max_depth]``.
+        min_depth: smallest depth in metres (depth only).
+        encoder_weights: weight spec of the encoder (see :mod:`predec.models.weights`); None = random init.
+        decoder_weights: weight spec of the decoder: timm weights (``True``, a tag, a timm-style file) go into the
+            ×Net decoder backbone; a predec checkpoint (``decoder.*``/``teacher.decoder.*``) into the whole decoder.
+        in_chans: input channels (pretrained 3-channel input convolutions are adapted as timm does).
+        encoder_kwargs: extra ``timm.create_model`` keyword arguments of the encoder.
+        **decoder_kwargs: options of the decoder class.
+
+    Returns:
+        The ``DenseModel`` (training mode). Weight loading is strict: missing, unexpected or shape-mismatched keys
+        raise a ``ValueError`` naming them.
+    """
+    model = DenseModel(
+        arch,
+        encoder=encoder,
+        decoder=decoder,
+        task=task,
+        num_classes=num_classes,
+        max_depth=max_depth,
+        min_depth=min_depth,
+        in_chans=in_chans,
+        encoder_kwargs=encoder_kwargs,
+        **decoder_kwargs,
+    )
+    load_weights(model.encoder, encoder_weights, part="encoder")
+    load_weights(model.decoder, decoder_weights, part="decoder")
+    return model
+
+
+def from_pretrained(path_or_repo: str | os.PathLike, **kwargs: Any) -> DenseModel:
+    """Load a model written by ``save_pretrained``: rebuilt from its config, then its own tensors (strict).
+
+    Args:
+        path_or_repo: a directory holding ``config.json`` + ``model.safetensors``; a ``.safetensors`` file with a
+            ``config.json`` beside it; or a Hugging Face Hub repo id (read from the cache when ``HF_HUB_OFFLINE=1``).
+        **kwargs: passed to ``huggingface_hub.ModelHubMixin.from_pretrained`` (``revision``, ``cache_dir``, ...).
+
+    Returns:
+        The model in eval mode.
+    """
+    path = Path(path_or_repo)
+    if path.suffix == ".safetensors":
+        config_file = path.with_name(CONFIG_NAME)
+        for needed in (path, config_file):
+            if not needed.is_file():
+                raise FileNotFoundError(
+                    f"{str(needed)!r} not found: a .safetensors model needs {CONFIG_NAME} beside it."
+                )
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        model = DenseModel(**config)
+        load_weights(model, path, part="model")
+        return model.eval()
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"{str(path / CONFIG_NAME)!r} not found: {str(path)!r} is not a directory written by save_pretrained."
+            )
+    elif path.exists() or str(path_or_repo).count("/") != 1:
+        raise FileNotFoundError(
+            f"{str(path_or_repo)!r} is neither a save_pretrained directory, a .safetensors file with {CONFIG_NAME} "
+            "beside it, nor a Hub repo id 'org/name'."
+        )
+    return DenseModel.from_pretrained(path_or_repo, **kwargs).eval()

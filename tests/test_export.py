@@ -1,0 +1,69 @@
+"""ONNX export (dynamic batch/height/width, checked with onnxruntime) and torch.compile on every architecture."""
+
+import pytest
+import torch
+
+import predec
+from predec.cli import main
+from predec.models.export import check_onnx, export_onnx
+
+ARCHS = ["deeplabv3plus", "fcn", "fpn", "unet", "xnet"]
+
+
+def tiny(arch: str, task: str = "depth") -> predec.DenseModel:
+    torch.manual_seed(0)
+    options = {"decoder": "test_convnext"} if arch == "xnet" else {}
+    if task == "segmentation":
+        options["num_classes"] = 3
+    model = predec.create_model(arch, encoder="test_resnet", task=task, **options)
+    model.train()(torch.randn(2, 3, 64, 64))  # non-trivial BatchNorm statistics
+    return model
+
+
+def test_export_fpn_matches_at_another_size(tmp_path):
+    import onnx
+
+    model = tiny("fpn", "segmentation")
+    path = export_onnx(model, tmp_path / "fpn.onnx", size=(64, 96))
+    assert model.training  # restored
+    graph = onnx.load(str(path)).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert check_onnx(model, path, size=(96, 160), batch_size=2) <= 1e-4
+    with pytest.raises(ValueError, match=r"multiples of the model's output stride 32"):
+        export_onnx(model, tmp_path / "bad.onnx", size=(60, 96))
+
+
+def test_export_cli_xnet_from_save_pretrained_dir(tmp_path, capsys):
+    model = tiny("xnet").eval()
+    model.save_pretrained(tmp_path / "model")
+    onnx_file = tmp_path / "out" / "xnet.onnx"
+    code = main(["export", "--checkpoint", str(tmp_path / "model"), "--onnx", str(onnx_file), "--size", "64", "96"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "onnxruntime vs PyTorch at 2×96×160" in out and " ok" in out
+    assert check_onnx(model, onnx_file, size=(128, 64), batch_size=3) <= 1e-4
+    assert main(["export", "--checkpoint", str(tmp_path / "nowhere"), "--onnx", str(onnx_file)]) == 2
+    assert "neither a save_pretrained directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compile_captures_every_arch_as_one_graph(arch):
+    """Dynamo captures the whole model without graph breaks (the architecture-dependent part of torch.compile)."""
+    model = tiny(arch, "segmentation").eval()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compile_inductor(arch):
+    """The default backend (inductor) compiles and matches eager mode (20-50 s of CPU per arch, hence slow)."""
+    torch._dynamo.reset()
+    model = tiny(arch, "segmentation").eval()
+    compiled = torch.compile(model)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)

@@ -1,0 +1,163 @@
+"""predec.create_model / DenseModel: every arch × task, errors, predict, freezing, save/load round trip."""
+
+import json
+import socket
+
+import huggingface_hub
+import pytest
+import safetensors.torch
+import torch
+
+import predec
+from predec.models.base import DenseModel
+
+ARCHS = ["deeplabv3plus", "fcn", "fpn", "unet", "xnet"]
+TASKS = ["depth", "segmentation"]
+
+
+def tiny(arch: str, task: str, **kwargs) -> DenseModel:
+    """A tiny random model: test_resnet encoder, test_convnext ×Net decoder."""
+    options = {"decoder": "test_convnext"} if arch == "xnet" else {}
+    if task == "segmentation":
+        options["num_classes"] = 3
+    return predec.create_model(arch, encoder="test_resnet", task=task, **{**options, **kwargs})
+
+
+def test_list_models():
+    assert predec.list_models() == ARCHS
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_backward_every_arch_and_task(arch, task):
+    torch.manual_seed(0)
+    model = tiny(arch, task, max_depth=4.0)
+    x = torch.randn(2, 3, 64, 96)
+    y = model(x)
+    assert y.shape == ((2, 1, 64, 96) if task == "depth" else (2, 3, 64, 96))
+    if task == "depth":
+        assert y.min() > 0 and y.max() <= 4.0
+    y.mean().backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    for part in (model.encoder, model.decoder, model.head):
+        assert sum(float(p.grad.abs().sum()) for p in part.parameters()) > 0, type(part).__name__
+
+
+def test_min_depth_bounds_the_output():
+    model = tiny("fcn", "depth", min_depth=1.0, max_depth=2.0)
+    with torch.no_grad():
+        model.head.conv.bias.fill_(-50.0)  # sigmoid ≈ 0: depth ≈ min_depth, never below
+        y = model(torch.randn(1, 3, 64, 64))
+    assert y.min() >= 1.0 and y.max() < 1.01
+
+
+def test_bad_arguments_say_what_is_valid():
+    with pytest.raises(ValueError, match=r"Unknown architecture 'fpnn'.*Did you mean 'fpn'"):
+        predec.create_model("fpnn", encoder="test_resnet", task="depth")
+    with pytest.raises(ValueError, match=r"Unknown task 'depht'.*'depth'"):
+        predec.create_model("fpn", encoder="test_resnet", task="depht")
+    with pytest.raises(ValueError, match=r"Unknown backbone 'resnet181'.*resnet18"):
+        predec.create_model("fpn", encoder="resnet181", task="depth")
+    with pytest.raises(ValueError, match=r"Unknown backbone 'convnext_atoo'.*convnext_atto"):
+        predec.create_model("xnet", encoder="test_resnet", decoder="convnext_atoo", task="depth")
+    with pytest.raises(ValueError, match=r"needs num_classes"):
+        predec.create_model("fpn", encoder="test_resnet", task="segmentation")
+    with pytest.raises(ValueError, match=r"arch='xnet' needs decoder="):
+        predec.create_model("xnet", encoder="test_resnet", task="depth")
+    with pytest.raises(ValueError, match=r"decoder='test_convnext' names a ×Net decoder backbone"):
+        predec.create_model("fpn", encoder="test_resnet", decoder="test_convnext", task="depth")
+    with pytest.raises(ValueError, match=r"not JSON-serialisable"):
+        predec.create_model("fpn", encoder="test_resnet", task="depth", encoder_kwargs={"act_layer": torch.nn.ReLU})
+
+
+def test_input_size_error_names_the_nearest_valid_sizes():
+    model = tiny("fpn", "depth")
+    assert model.output_stride == 32
+    with pytest.raises(ValueError, match=r"Input size 70×96 .* output stride 32: use 64×96 .* or 96×96"):
+        model(torch.randn(1, 3, 70, 96))
+    with pytest.raises(ValueError, match=r"Expected images \(B, 3, H, W\)"):
+        model(torch.randn(1, 4, 64, 96))
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+def test_predict_pads_and_crops_back(pad_mode):
+    torch.manual_seed(0)
+    model = tiny("xnet", "segmentation")
+    assert model.training
+    x = torch.randn(2, 3, 70, 100)
+    y = model.predict(x, pad_mode=pad_mode)
+    assert y.shape == (2, 3, 70, 100) and not y.requires_grad
+    assert model.training  # restored
+    padded = torch.nn.functional.pad(x, (0, 28, 0, 26), mode=pad_mode)
+    with torch.no_grad():
+        expected = model.eval()(padded)[..., :70, :100]
+    torch.testing.assert_close(y, expected)
+    small = model.predict(torch.randn(1, 3, 20, 30))  # smaller than the padding: reflect falls back to replicate
+    assert small.shape == (1, 3, 20, 30)
+
+
+def test_freeze_encoder():
+    model = tiny("fpn", "depth")
+    model.freeze_encoder()
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.decoder.parameters())
+    model.train()
+    assert not model.encoder.training and model.decoder.training
+    bn = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    model(torch.randn(2, 3, 64, 64)).mean().backward()
+    assert torch.equal(bn.running_mean, before)
+    model.unfreeze_encoder()
+    assert model.encoder.training and all(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_config_rebuilds_the_architecture():
+    model = tiny("xnet", "depth", max_depth=80.0, out_channels=16, encoder_kwargs={"drop_path_rate": 0.1})
+    config = model.config
+    assert json.loads(json.dumps(config)) == config
+    assert config["arch"] == "xnet" and config["decoder"] == "test_convnext" and config["out_channels"] == 16
+    assert not any("weights" in key for key in config)
+    for rebuilt in (DenseModel(**config), predec.create_model(**config)):
+        assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+            k: v.shape for k, v in model.state_dict().items()
+        }
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError(f"network access attempted: {args} {kwargs}")
+
+
+@pytest.mark.parametrize("arch", ["xnet", "fpn"])
+def test_save_and_load_reproduce_outputs_offline(tmp_path, monkeypatch, arch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", _refuse)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _refuse)
+    torch.manual_seed(0)
+    weights = tmp_path / "encoder.safetensors"
+    safetensors.torch.save_file(tiny(arch, "depth").encoder.model.state_dict(), str(weights))
+    model = tiny(arch, "depth", max_depth=10.0, encoder_weights=str(weights))
+    model.train()(torch.randn(2, 3, 64, 64))  # move BatchNorm statistics away from their init
+    model.eval()
+    weights.unlink()  # loading must not resolve encoder/decoder weights again
+    model.save_pretrained(tmp_path / "saved")
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "saved").iterdir()}
+    loaded = predec.from_pretrained(tmp_path / "saved")
+    assert not loaded.training and loaded.config == model.config
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    pair = predec.from_pretrained(tmp_path / "saved" / "model.safetensors")  # .safetensors + config.json beside it
+    with torch.no_grad():
+        assert torch.equal(pair(x), model(x))
+    assert callable(loaded.push_to_hub)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config.json"):
+        predec.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"neither a save_pretrained directory"):
+        predec.from_pretrained(tmp_path / "nothing" / "here")
+    tiny("fcn", "depth").save_pretrained(tmp_path / "saved")
+    (tmp_path / "saved" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"model.safetensors"):
+        predec.from_pretrained(tmp_path / "saved")
