@@ -59,9 +59,10 @@ class NonFiniteGradientGuard(L.Callback):
         if str(trainer.precision).startswith("16"):
             return
         grads = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
-        finite = [torch.isfinite(g).all() for _, g in grads]
-        bad = bool(finite) and not bool(torch.stack(finite).all())  # one device sync, not one per parameter
-        bad_names = [name for (name, _), ok in zip(grads, finite) if not ok] if bad else []
+        # One fused norm and one device sync per step; names are looked up only after a failure.
+        total = torch.nn.utils.get_total_norm([g for _, g in grads]) if grads else torch.zeros(())
+        bad = not bool(torch.isfinite(total))
+        bad_names = [name for name, g in grads if not bool(torch.isfinite(g).all())] if bad else []
         if trainer.world_size > 1:
             bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
         if bad:

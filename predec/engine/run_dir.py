@@ -7,7 +7,7 @@ Layout::
       status.json          {"state": "running" | "finished" | "failed", "step": ..., "message": ...}
       metrics.json         final evaluation metrics
       checkpoints/last.ckpt
-      logs/                TensorBoard events and metrics.csv
+      logs/                tensorboard/ events, csv/metrics.csv (csv/resumed_step<N>/metrics.csv after a resume)
       model/               the trained model as save_pretrained writes it (config.json + model.safetensors)
 
 Files are written atomically (temp file + rename), so an interrupted run never leaves a half-written file.

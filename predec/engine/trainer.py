@@ -92,7 +92,8 @@ def build_trainer(
 
     Training adds: ``checkpoints/last.ckpt`` every ``checkpoint_every_n_steps`` (atomic writes), RNG states in
     checkpoints, the non-finite gradient guard, TensorBoard + CSV loggers under ``logs/`` and a learning-rate
-    monitor. Evaluation (``training=False``) logs nothing to disk and writes no checkpoint.
+    monitor (``logs/tensorboard/``, ``logs/csv/metrics.csv``). Evaluation (``training=False``) logs nothing to disk and
+    writes no checkpoint.
 
     Args:
         config: trainer settings.
@@ -100,8 +101,8 @@ def build_trainer(
         callbacks: extra callbacks.
         grad_clip_norm: clip the gradient norm to this value.
         training: build for ``fit`` (True) or for ``validate``/``predict`` (False).
-        csv_version: sub-directory of ``logs/`` for ``metrics.csv`` (Lightning's CSV logger replaces an existing
-            file, so a resumed run writes its own).
+        csv_version: sub-directory of ``logs/csv/`` for ``metrics.csv`` (Lightning's CSV logger replaces an
+            existing file, so a resumed run writes its own).
     """
     all_callbacks: list[L.Callback] = list(callbacks)
     loggers: list = []
@@ -120,8 +121,8 @@ def build_trainer(
                 )
             )
             loggers = [
-                TensorBoardLogger(save_dir=str(run_dir.logs), name="", version="", default_hp_metric=False),
-                CSVLogger(save_dir=str(run_dir.logs), name="", version=csv_version),
+                TensorBoardLogger(save_dir=str(run_dir.logs), name="tensorboard", version="", default_hp_metric=False),
+                CSVLogger(save_dir=str(run_dir.logs), name="csv", version=csv_version),
             ]
             all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     # We shard the data ourselves (step-indexed training sampler, unrepeated evaluation shards): see datamodule.py.
