@@ -254,3 +254,16 @@ def test_hf_hub_spec_reads_model_safetensors(tmp_path, monkeypatch):
     assert load_weights(encoder, "hf-hub:someone/encoder", part="encoder").ok
     assert_holds(encoder.model, state)
     assert calls == [("someone/encoder", "model.safetensors")]
+
+
+def test_concat_mixing_xnet_stem_is_widened_by_the_decoder_not_adapted(tmp_path):
+    """×Net with mixing="concat" zero-pads the 3-channel stem itself; the resolver hands the weight over unchanged."""
+    state = timm_state_dict("test_resnet", seed=7)
+    path = save(state, tmp_path / "dec.safetensors")
+    model = predec.create_model(
+        "xnet", encoder="test_resnet", decoder="test_resnet", task="depth", mixing="concat", decoder_weights=path
+    )
+    key = model.decoder.backbone.first_conv_keys[0]
+    stem = model.decoder.backbone.model.state_dict()[key]
+    assert stem.shape[1] == 6
+    assert torch.equal(stem[:, :3], state[key]) and not stem[:, 3:].any()

@@ -2,7 +2,7 @@
 
 A *weight spec* is one of:
 
-- ``None``: keep the random initialisation.
+- ``None`` (or ``False``): keep the random initialisation.
 - ``True`` or ``"pretrained"``: timm's default pretrained weights of the backbone (its name may carry a tag,
   ``"convnext_atto.d2_in1k"``), fetched by timm from the Hugging Face Hub or read from its cache.
 - a timm name with tag (``"convnext_atto.d2_in1k"``) or without (default tag): those timm weights.
@@ -207,11 +207,11 @@ def _hub_state_dict(spec: str, part: str) -> dict[str, Tensor]:
     )
 
 
-def _timm_state_dict(tag: str, in_chans: int, part: str) -> dict[str, Tensor]:
+def _timm_state_dict(tag: str, part: str) -> dict[str, Tensor]:
     """The state dict of timm's pretrained classification model ``tag`` (``arch`` or ``arch.tag``).
 
     timm fetches it (Hugging Face Hub, honouring ``HF_HUB_OFFLINE``) and converts original checkpoints to timm's
-    layout; ``in_chans`` is adapted by timm.
+    layout. It keeps its native input channels: ``load_weights`` adapts them like those of a file.
     """
     arch = tag.split(".", 1)[0]
     try:
@@ -230,7 +230,7 @@ def _timm_state_dict(tag: str, in_chans: int, part: str) -> dict[str, Tensor]:
                 f"the torch hub cache ({cached}). " + _hub_error_hint(cfg.url or tag, part)
             )
     try:
-        full = timm.create_model(tag, pretrained=True, in_chans=in_chans)
+        full = timm.create_model(tag, pretrained=True)
     except Exception as err:
         where = cfg.hf_hub_id or cfg.url
         offline = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if hub_offline() else ""
@@ -330,9 +330,14 @@ def _select(
     score, target, sub = best
     if score == 0:
         wanted = list(_targets(module, part)[-1].module.state_dict())[:3]
+        layouts = (
+            f"or with a '{source}.{part}.' / '{part}.' prefix"
+            if part != "model"
+            else "a pre-training checkpoint goes in as encoder_weights= / decoder_weights="
+        )
         raise ValueError(
             f"No key of {origin} matches the {part}: its keys look like {sorted(state)[:3]}, the {part} expects keys "
-            f"like {wanted} (or with a 'teacher.{part}.' / '{part}.' prefix). Is it a checkpoint of another model?"
+            f"like {wanted} ({layouts}). Is it a checkpoint of another model?"
         )
     return target, sub
 
@@ -389,7 +394,7 @@ def load_weights(module: nn.Module, spec: WeightSpec, *, part: str, strict: bool
     if spec is True or spec == "pretrained":
         backbone = _timm_backbone(module, part)
         origin = f"timm pretrained {backbone.name}"
-        state = _timm_state_dict(backbone.name, backbone.in_chans, part)
+        state = _timm_state_dict(backbone.name, part)
     elif isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
         base, _, suffix = text.rpartition("#")
@@ -403,9 +408,9 @@ def load_weights(module: nn.Module, spec: WeightSpec, *, part: str, strict: bool
         elif timm.is_model(text.split(".", 1)[0]):
             if source is not None:
                 raise ValueError(f"'#{source}' applies to predec checkpoint files, not to timm weights {text!r}.")
-            backbone = _timm_backbone(module, part)
+            _timm_backbone(module, part)  # raises if there is no timm backbone to load into
             origin = f"timm pretrained {text}"
-            state = _timm_state_dict(text, backbone.in_chans, part)
+            state = _timm_state_dict(text, part)
         else:
             raise ValueError(
                 f"Cannot interpret weight spec {text!r}: it is not an existing file, not a timm model name/tag, and "
