@@ -6,8 +6,9 @@ One *measurement* is a model spec (``arch:encoder[:decoder]``) × mode × precis
 - ``infer``: eager forward under ``torch.inference_mode``, model in eval mode.
 - ``compile``: as ``infer`` on ``torch.compile(model)`` (mode default); the first call, which compiles, is timed
   separately (``setup_s``).
-- ``onnx``: the fp32 model exported to ONNX (NCHW), run by an ONNX Runtime session; export + session creation is
-  ``setup_s``. Measured once per model (ONNX Runtime has no bf16 CPU kernels and picks its own memory layout).
+- ``onnx``: the fp32 model exported by :func:`predec.models.export.export_onnx`, run by an ONNX Runtime CPU
+  session; export + session creation is ``setup_s``. Measured once per model (ONNX Runtime has no bf16 CPU kernels
+  and picks its own memory layout).
 
 Precisions: ``fp32`` and ``bf16`` (bf16-mixed: ``torch.autocast`` to bfloat16, losses in fp32), as Lightning's
 ``32-true`` and ``bf16-mixed``. :func:`default_precision` says which one the library uses on a device.
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -361,17 +363,6 @@ def _time_steps(fn: Callable[[], Any], warmup: int, steps: int, device: torch.de
     return times
 
 
-def _export_onnx(model: nn.Module, x: Tensor, path: Path) -> None:
-    """Export ``model`` (fp32, eval) at the input shape of ``x`` to ``path`` (TorchScript-based exporter)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (x,), str(path), dynamo=False, input_names=["images"], output_names=["out"], opset_version=17
-        )
-
-
 def measure(m: Measurement) -> dict[str, Any]:
     """Run one measurement in this process and return its result row (keys :data:`RESULT_FIELDS`).
 
@@ -480,13 +471,17 @@ def measure(m: Measurement) -> dict[str, Any]:
 
 
 def _onnx_step(model: nn.Module, x: Tensor, threads: int) -> tuple[Callable[[], Any], float]:
-    """Export to a temporary ONNX file and return (a step running it in ONNX Runtime, export + session seconds)."""
+    """Export with :func:`predec.models.export.export_onnx` (dynamic batch/height/width, as users deploy it) to a
+    temporary file; return (a step running it in ONNX Runtime on ``x``, export + session seconds)."""
     import onnxruntime as ort
+
+    from predec.models.export import export_onnx
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="predec-bench-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        _export_onnx(model.float().eval(), x.float(), path)
+        with warnings.catch_warnings():  # the exporter's deprecation and tracer warnings are not the bench's news
+            warnings.simplefilter("ignore")
+            path = export_onnx(model.float(), Path(tmp) / "model.onnx", size=tuple(x.shape[-2:]), batch_size=len(x))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
