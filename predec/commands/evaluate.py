@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the scalar metrics. Exit code 2 on bad input."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from predec.data.io import DataError
     from predec.engine.runner import evaluate_dense, load_dense_checkpoint, resolve_eval_config
 
@@ -40,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
         print(f"predec eval: error: {err}", file=sys.stderr)
         return 2
+    if rank_zero_only.rank != 0:  # under DDP every process runs this command; one reports
+        return 0
     scalars = {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}
     print(json.dumps(scalars, indent=2))
     print(f"Wrote {record['metrics_file']}")

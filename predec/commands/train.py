@@ -31,13 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resume from CKPT, or without a value from the run directory's last checkpoint "
         "(an interrupted run directory is resumed automatically anyway)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="train again in a run directory that has finished")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start from scratch, discarding the run directory's checkpoints"
+    )
     parser.add_argument("--list", action="store_true", help="list the shipped recipes and exit")
     parser.add_argument("overrides", nargs="*", metavar="key.subkey=value", help="config overrides (YAML values)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Train; print the run directory and final metrics. Exit codes: 0 done, 1 stopped on NaN/Inf, 2 bad input."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from predec.data.io import DataError
     from predec.engine.guards import NonFiniteLossError
     from predec.engine.runner import RunExistsError, train_dense
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, RunExistsError, FileNotFoundError, ValueError) as err:
         print(f"predec train: error: {err}", file=sys.stderr)
         return 2
+    if rank_zero_only.rank != 0:  # under DDP every process runs this command; one reports
+        return 0
     scalars = {k: v for k, v in result.metrics["metrics"].items() if isinstance(v, (int, float))}
     print(f"Run directory: {result.run_dir.root} (step {result.step})")
     print(json.dumps(scalars, indent=2))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,14 @@ class RunDir:
         for path in (self.root, self.checkpoints, self.logs):
             path.mkdir(parents=True, exist_ok=True)
         return self
+
+    def clear(self) -> None:
+        """Delete what a previous run left (checkpoints, logs, metrics, model, status); the config is rewritten."""
+        for path in (self.checkpoints, self.logs, self.model_dir):
+            if path.is_dir():
+                shutil.rmtree(path)
+        for path in (self.metrics_path, self.status_path):
+            path.unlink(missing_ok=True)
 
     def save_config(self, config: Any) -> Path:
         """Write the resolved config as ``config.yaml``."""

@@ -186,13 +186,17 @@ def _resolve_resume(run: RunDir, resume: str | Path | bool | None, overwrite: bo
         if not path.is_file():
             raise FileNotFoundError(f"--resume: checkpoint {path} not found.")
         return path
+    if overwrite:
+        if rank_zero_only.rank == 0:
+            run.clear()
+        return None
     automatic = run.resume_checkpoint()
     if automatic is not None:
         rank_zero_only(logger.warning)(
             f"Resuming the interrupted run in {run.root} from {automatic} (status: {run.status().get('state')})."
         )
         return automatic
-    if run.is_finished and not overwrite:
+    if run.is_finished:
         raise RunExistsError(
             f"{run.root} already holds a finished run (see {run.metrics_path}). Choose another run directory "
             "(--run-dir, or name=...), or pass --overwrite to train again there."
@@ -217,7 +221,7 @@ def train_dense(
         config: the recipe.
         run_dir: run directory (default ``config.output_dir / config.name``).
         resume: ``True``/``"last"``: the run directory's last checkpoint; a path: that checkpoint; None: automatic.
-        overwrite: train again in a directory that holds a finished run.
+        overwrite: start from scratch: discard the directory's checkpoints, metrics, model and status first.
         callbacks: extra Lightning callbacks.
 
     Returns:
@@ -278,6 +282,7 @@ def train_dense(
     }
     if trainer.is_global_zero:
         run.write_metrics(metrics)
+        module.model.to(memory_format=torch.contiguous_format)  # safetensors stores row-major tensors only
         module.model.save_pretrained(run.model_dir)
         run.set_status(FINISHED, step=trainer.global_step)
     return TrainResult(run, trainer.global_step, metrics)

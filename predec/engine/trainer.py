@@ -128,6 +128,8 @@ def build_trainer(
     # We shard the data ourselves (step-indexed training sampler, unrepeated evaluation shards): see datamodule.py.
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers which may be a bottleneck.*")
+    # Evaluation metrics are reduced by DenseModule itself (metric states are SUM-reduced), not by self.log.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     return L.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
