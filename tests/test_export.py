@@ -57,10 +57,10 @@ def test_compile_captures_every_arch_as_one_graph(arch):
         torch.testing.assert_close(compiled(x), model(x))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("arch", ARCHS)
 def test_compile_inductor(arch):
-    """The default backend (inductor) compiles and matches eager mode (20-50 s of CPU per arch, hence slow)."""
+    """The default backend (inductor) compiles and matches eager mode (20-50 s of CPU per arch: opt-in with ``-m heavy``)."""
     torch._dynamo.reset()
     model = tiny(arch, "segmentation").eval()
     compiled = torch.compile(model)
