@@ -1,0 +1,379 @@
+"""The pre-training engine: `predec pretrain` on the synthetic recipes (tiny stand-ins) runs, lowers its loss and
+initialises downstream models with the teacher's weights; EMA order and quirk flags; resume; NaN stop; bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning as L
+import pytest
+import safetensors.torch
+import timm
+import torch
+from torch import nn
+
+import predec
+from predec.cli import main
+from predec.config import ConfigError, TrainerConfig, list_recipes, load_config
+from predec.data.io import write_image
+from predec.engine import NonFiniteLossError
+from predec.engine.checkpoint import read_checkpoint
+from predec.pretrain.ema import momentum_at
+from predec.pretrain.module import (
+    DeConModule,
+    PretrainConfig,
+    attach_levels,
+    check_pretrain_config,
+    effective_trainer_config,
+    run_pretraining,
+)
+
+TINY = [
+    "model.encoder=test_resnet",
+    "ssl.num_prototypes=16",
+    "ssl.hidden_dim=64",
+    "ssl.out_dim=32",
+    "data.num_train=16",
+    "data.image_size=[48, 48]",
+    "data.view_size=32",
+    "data.crop_scale=[0.3, 1.0]",
+    "data.batch_size=8",
+    "schedule.warmup_steps=2",
+    "trainer.precision=32-true",
+    "trainer.progress_bar=false",
+    "trainer.log_every_n_steps=5",
+]
+STEPS = 12
+
+# recipe, extra overrides, downstream create_model arguments
+CASES = {
+    "slotcon": ("pretrain/synth_slotcon", [], dict(arch="fpn", decoder_kwargs={})),
+    "decon-sl-fcn": (
+        "pretrain/synth_decon_sl",
+        ["model.arch=fcn", "model.decoder_kwargs={channels: 32}"],
+        dict(arch="fcn", decoder_kwargs={"channels": 32}),
+    ),
+    "decon-ml-fpn": (
+        "pretrain/synth_decon_ml",
+        ["model.decoder_kwargs={channels: 32, skip_dropout: 0.5}"],
+        dict(arch="fpn", decoder_kwargs={"channels": 32}),
+    ),
+    "decon-xnet": ("pretrain/synth_decon_xnet", ["model.decoder=test_convnext"], dict(arch="xnet")),
+}
+
+
+def tiny_config(recipe: str, *extra: str, steps: int = STEPS) -> PretrainConfig:
+    return load_config(recipe, [*TINY, f"trainer.max_steps={steps}", *extra], schema=PretrainConfig)
+
+
+def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _assert_equal_states(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    assert actual.keys() == expected.keys(), what
+    for key, value in actual.items():
+        assert torch.equal(value, expected[key]), f"{what}: {key} differs"
+
+
+# ------------------------------------------------------------------------------------------------------ recipes
+def test_recipes_parse_and_carry_the_papers_settings():
+    names = {name for name in list_recipes() if name.startswith("pretrain/")}
+    assert {
+        "pretrain/slotcon_coco_r50_800ep",
+        "pretrain/slotcon_imagenet_r50_200ep",
+        "pretrain/decon_sl_coco_r50_fpn_800ep",
+        "pretrain/decon_ml_coco_r50_fpn_800ep",
+        "pretrain/decon_ml_coco_convnext_fpn",
+        "pretrain/synth_slotcon",
+        "pretrain/synth_decon_sl",
+        "pretrain/synth_decon_ml",
+        "pretrain/synth_decon_xnet",
+        "pretrain/synth_supervised",
+    } <= names
+    for name in names:
+        config = load_config(name, schema=PretrainConfig)
+        check_pretrain_config(config)
+        assert config.name == name.removeprefix("pretrain/")
+    coco = load_config("pretrain/slotcon_coco_r50_800ep", schema=PretrainConfig)
+    assert (coco.ssl.num_prototypes, coco.ssl.hidden_dim, coco.ssl.out_dim, coco.ssl.teacher_momentum) == (
+        256, 4096, 256, 0.99,
+    )  # fmt: skip
+    assert (coco.optim.name, coco.optim.lr, coco.optim.lr_scaling, coco.optim.weight_decay) == (
+        "lars", 1.0, "linear", 1e-5,
+    )  # fmt: skip
+    assert coco.data.batch_size * coco.trainer.devices == 512 and coco.trainer.max_steps == 231 * 800
+    assert (coco.schedule.warmup_steps, coco.schedule.warmup_ratio, coco.schedule.min_lr) == (5 * 231, 0.01, 1e-6)
+    imagenet = load_config("pretrain/slotcon_imagenet_r50_200ep", schema=PretrainConfig)
+    assert imagenet.ssl.num_prototypes == 2048 and imagenet.trainer.max_steps == 2502 * 200
+    for level in ("sl", "ml"):
+        decon = load_config(f"pretrain/decon_{level}_coco_r50_fpn_800ep", schema=PretrainConfig)
+        assert decon.method == f"decon-{level}" and decon.model.arch == "fpn" and decon.ssl.encoder_loss_weight == 0.5
+        assert not decon.ssl.quirk_shared_momentum_counter and not decon.ssl.quirk_frozen_decoder_prototypes
+    ml = load_config("pretrain/decon_ml_coco_r50_fpn_800ep", schema=PretrainConfig)
+    assert ml.model.decoder_kwargs["skip_dropout"] == 0.5 and ml.model.decoder_kwargs["skip_dropout_mode"] == "channel"
+    convnext = load_config("pretrain/decon_ml_coco_convnext_fpn", schema=PretrainConfig)
+    assert (convnext.optim.name, convnext.optim.lr, convnext.optim.weight_decay) == ("adamw", 2e-4, 0.05)
+    assert convnext.data.batch_size * convnext.trainer.devices == 224 and convnext.ssl.encoder_loss_weight == 0.0
+    assert convnext.model.decoder_kwargs["skip_dropout"] == 0.5 and convnext.method == "decon-ml"
+
+
+# ------------------------------------------------------------------------------------------- end to end (CLI)
+@pytest.mark.parametrize("case", list(CASES))
+def test_pretrain_lowers_loss_and_initialises_downstream_models(tmp_path, case, capsys):
+    recipe, extra, downstream = CASES[case]
+    run_dir = tmp_path / "run"
+    args = ["pretrain", "--config", recipe, "--run-dir", str(run_dir), *TINY, f"trainer.max_steps={STEPS}", *extra]
+    assert main(args) == 0, capsys.readouterr().err
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == STEPS
+    assert metrics["loss_last"] < metrics["loss_first"], metrics
+    assert metrics["empty_contrastive_total"] >= 0
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    state = read_checkpoint(ckpt)["state_dict"]
+    teacher_encoder, teacher_decoder, student_encoder = (
+        _part(state, prefix) for prefix in ("teacher.encoder.", "teacher.decoder.", "student.encoder.")
+    )
+    assert any(not torch.equal(v, student_encoder[k]) for k, v in teacher_encoder.items())  # an EMA, not a copy
+    pretrained_decoder = bool(teacher_decoder)
+    assert pretrained_decoder == (case != "slotcon")
+    for source in (ckpt, run_dir / "weights.safetensors"):
+        model = predec.create_model(
+            downstream["arch"],
+            encoder="test_resnet",
+            decoder="test_convnext" if downstream["arch"] == "xnet" else None,
+            task="segmentation",
+            num_classes=3,
+            encoder_weights=str(source),
+            decoder_weights=str(source) if pretrained_decoder else None,
+            **downstream.get("decoder_kwargs", {}),
+        )
+        _assert_equal_states(model.encoder.state_dict(), teacher_encoder, f"{case} encoder from {source.name}")
+        if pretrained_decoder:
+            _assert_equal_states(model.decoder.state_dict(), teacher_decoder, f"{case} decoder from {source.name}")
+    student = predec.create_model(
+        downstream["arch"], encoder="test_resnet", decoder="test_convnext" if downstream["arch"] == "xnet" else None,
+        task="depth", encoder_weights=f"{ckpt}#student", **downstream.get("decoder_kwargs", {}),
+    )  # fmt: skip
+    _assert_equal_states(student.encoder.state_dict(), student_encoder, f"{case} student encoder")
+
+
+# ------------------------------------------------------------------------------------------- EMA and quirks
+class RecordStudent(L.Callback):
+    """Keep a copy of the student after the first optimiser step; check the teacher runs in train mode."""
+
+    def __init__(self) -> None:
+        self.after_first: dict[str, torch.Tensor] | None = None
+        self.teacher_modes: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        self.teacher_modes.append(pl_module.teacher.training and pl_module.teacher.decoder.skip_dropout.training)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == 1:
+            self.after_first = {k: v.detach().clone() for k, v in pl_module.student.state_dict().items()}
+
+
+def test_teacher_ema_runs_before_the_teacher_forward_in_train_mode(tmp_path):
+    config = tiny_config(
+        "pretrain/synth_decon_ml", "model.decoder_kwargs={channels: 16, skip_dropout: 0.5}", "schedule.warmup_steps=0",
+        steps=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    initial = {k: v.clone() for k, v in DeConModule(config).teacher.state_dict().items()}
+    recorder = RecordStudent()
+    run_pretraining(config, tmp_path / "run", callbacks=[recorder])
+    assert recorder.teacher_modes == [True, True]
+    teacher = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    momentum = momentum_at(1, 2)  # the update before step 1's teacher forward (step 0's left the copy unchanged)
+    for name, _ in DeConModule(config).teacher.named_parameters():
+        expected = momentum * initial[name] + (1 - momentum) * recorder.after_first[name]
+        torch.testing.assert_close(teacher[f"teacher.{name}"], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared_counter", [False, True])
+@pytest.mark.parametrize("frozen_prototypes", [False, True])
+def test_quirk_flags(shared_counter, frozen_prototypes):
+    config = tiny_config(
+        "pretrain/synth_decon_sl",
+        f"ssl.quirk_shared_momentum_counter={str(shared_counter).lower()}",
+        f"ssl.quirk_frozen_decoder_prototypes={str(frozen_prototypes).lower()}",
+        "model.decoder_kwargs={channels: 16}",
+    )
+    module = DeConModule(config)
+    for head in module.head.values():  # make every student part differ from its teacher
+        with torch.no_grad():
+            head.grouping.prototypes.add_(1.0)
+    before = {name: head.teacher_grouping.prototypes.clone() for name, head in module.head.items()}
+    momenta = module.update_teachers(3, 10)
+    expected = (
+        (1 - 0.01 * (math.cos(math.pi * 6 / 10) + 1) / 2, 1 - 0.01 * (math.cos(math.pi * 7 / 10) + 1) / 2)
+        if shared_counter
+        else (momentum_at(3, 10),) * 2
+    )
+    assert (momenta["encoder"], momenta["decoder"]) == pytest.approx(expected)
+    assert not torch.equal(module.head["encoder"].teacher_grouping.prototypes, before["encoder"])
+    unchanged = torch.equal(module.head["decoder_p2"].teacher_grouping.prototypes, before["decoder_p2"])
+    assert unchanged == frozen_prototypes
+
+
+def test_alpha_zero_drops_encoder_heads_and_sl_freezes_unreached_fpn_outputs():
+    module = DeConModule(tiny_config("pretrain/synth_decon_sl", "ssl.encoder_loss_weight=0"))
+    assert list(module.head) == ["decoder_p2"]
+    assert {n.split(".")[1] for n in module.frozen} == {"fpn_output3", "fpn_output4", "fpn_output5"}
+    assert not any(p.requires_grad for n, p in module.student.decoder.named_parameters() if "fpn_output3" in n)
+    assert all(not p.requires_grad for p in module.teacher.parameters())
+    assert set(module.levels) == {"p2"}
+    ml = DeConModule(tiny_config("pretrain/synth_decon_ml", "ssl.levels=[p3, p5]"))
+    assert list(ml.head) == ["encoder", "decoder_p3", "decoder_p5"]
+
+
+# ------------------------------------------------------------------------------------------ resume and NaN
+class CrashAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash after step {self.step}")
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    extra = ("model.decoder_kwargs={channels: 16, skip_dropout: 0.5}", "trainer.checkpoint_every_n_steps=2")
+    config = tiny_config("pretrain/synth_decon_ml", *extra, steps=4)
+    reference = run_pretraining(config, tmp_path / "reference")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pretraining(config, tmp_path / "resumed", callbacks=[CrashAt(3)])
+    assert json.loads((tmp_path / "resumed" / "status.json").read_text())["state"] == "failed"
+    resumed = run_pretraining(config, tmp_path / "resumed")  # the interrupted directory resumes from step 2
+    assert resumed.step == 4
+    assert resumed.metrics["loss_first"] == pytest.approx(reference.metrics["loss_first"])
+    reference_state = safetensors.torch.load_file(str(tmp_path / "reference" / "weights.safetensors"))
+    resumed_state = safetensors.torch.load_file(str(tmp_path / "resumed" / "weights.safetensors"))
+    for key, value in reference_state.items():
+        torch.testing.assert_close(resumed_state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    centers = [
+        read_checkpoint(tmp_path / run / "checkpoints" / "last.ckpt")["state_dict"]["head.decoder_p2.center"]
+        for run in ("reference", "resumed")
+    ]
+    torch.testing.assert_close(centers[0], centers[1])
+
+
+class PoisonAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.head["encoder"].projector.mlp[0].weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_naming_step_and_terms(tmp_path, capsys):
+    config = tiny_config("pretrain/synth_slotcon", "trainer.checkpoint_every_n_steps=1", steps=4)
+    with pytest.raises(NonFiniteLossError, match=r"step 2 \(.*enc/G12=nan"):
+        run_pretraining(config, tmp_path / "run", callbacks=[PoisonAt(2)])
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed" and status["step"] == 2
+    state = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    ("recipe", "override", "message"),
+    [
+        ("pretrain/synth_decon_sl", "ssl.encoder_loss_weight=1.0", "gives the decoder no loss"),
+        ("pretrain/synth_slotcon", "model.arch=fpn", "pre-trains the encoder only"),
+        ("pretrain/synth_decon_ml", "model.arch=null", "set model.arch"),
+        ("pretrain/synth_decon_sl", "ssl.levels=[p2, p3]", "one level"),
+        ("pretrain/synth_supervised", "data.dataset=synth_scenes", "needs image classes"),
+        ("pretrain/synth_decon_xnet", "model.decoder=null", "model.arch=xnet needs model.decoder"),
+    ],
+)
+def test_contradictory_settings_are_rejected(recipe, override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_pretrain_config(load_config(recipe, [override], schema=PretrainConfig))
+
+
+def test_decoder_level_errors():
+    class NoLevels(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.level_channels: dict[str, int] = {}
+
+    with pytest.raises(ValueError, match="exposes no level"):
+        attach_levels(NoLevels(), "decon-sl", None)
+    with pytest.raises(ValueError, match=r"\['p7'\] are not levels of the FPN decoder; its levels: \['p2'"):
+        DeConModule(tiny_config("pretrain/synth_decon_ml", "ssl.levels=[p7]"))
+
+
+def test_cli_reports_bad_recipe(tmp_path, capsys):
+    assert (
+        main(["pretrain", "--config", "pretrain/synth_slotcon", "model.arch=fpn", "output_dir=" + str(tmp_path)]) == 2
+    )
+    assert "pre-trains the encoder only" in capsys.readouterr().err
+
+
+def test_sync_batchnorm_only_under_ddp_on_gpu():
+    cpu = TrainerConfig(accelerator="cpu", devices=2, strategy="ddp", sync_batchnorm=True)
+    assert effective_trainer_config(cpu).sync_batchnorm is False
+    single_gpu = TrainerConfig(accelerator="gpu", devices=1, sync_batchnorm=True)
+    assert effective_trainer_config(single_gpu).sync_batchnorm is False
+    gpus = TrainerConfig(accelerator="gpu", devices=8, num_nodes=2, strategy="ddp", sync_batchnorm=True)
+    assert effective_trainer_config(gpus).sync_batchnorm is True
+
+
+# ---------------------------------------------------------------------------------------------------- supervised
+def test_supervised_writes_a_timm_classifier_that_initialises_encoders_and_xnet_decoders(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    overrides = [
+        "model.encoder=test_resnet",
+        "data.num_train=32",
+        "data.num_val=16",
+        "data.image_size=[32, 32]",
+        "data.view_size=32",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        "trainer.max_steps=6",
+        "schedule.warmup_steps=1",
+        "trainer.precision=32-true",
+        "trainer.progress_bar=false",
+    ]
+    assert main(["pretrain", "--config", "pretrain/synth_supervised", "--run-dir", str(run_dir), *overrides]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_images"] == 16 and 0.0 <= metrics["top1"] <= 1.0 and len(metrics["classes"]) == 16
+    classifier_file = run_dir / "classifier.safetensors"
+    classifier = safetensors.torch.load_file(str(classifier_file))
+    reference = timm.create_model("test_resnet", num_classes=16).state_dict()
+    assert classifier.keys() == reference.keys()
+    assert classifier["fc.weight"].shape == reference["fc.weight"].shape
+    model = predec.create_model(
+        "xnet", encoder="test_resnet", decoder="test_resnet", task="depth",
+        encoder_weights=str(classifier_file), decoder_weights=str(classifier_file),
+    )  # fmt: skip
+    for module in (model.encoder.model, model.decoder.backbone.model):
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, classifier[key]), key
+
+
+def test_classification_folder_labels_follow_the_training_classes(tmp_path):
+    from predec.pretrain.supervised import classification_datasets, dataset_classes
+
+    for split, classes in (("train", ("box", "cone", "sphere")), ("val", ("cone",))):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            write_image(tmp_path / split / name / "a.png", torch.full((8, 8, 3), 100, dtype=torch.uint8).numpy())
+    folder = ["data.dataset=folder", "data.reader_kwargs={}", "data.view_size=8"]
+    roots = [f"data.root={tmp_path / 'train'}", f"data.val_root={tmp_path / 'val'}"]
+    config = load_config("pretrain/synth_supervised", [*folder, *roots], schema=PretrainConfig)
+    check_pretrain_config(config)
+    assert dataset_classes(config.data) == ["box", "cone", "sphere"]
+    image, label = classification_datasets(config.data, train=False)[0]
+    assert label == 1 and tuple(image.shape) == (3, 8, 8)
+    with pytest.raises(ConfigError, match=r"data\.val_root"):
+        check_pretrain_config(load_config("pretrain/synth_supervised", [*folder, "data.root=x"], schema=PretrainConfig))
+    kept_label_mode = load_config("pretrain/synth_supervised", [*roots, "data.dataset=folder"], schema=PretrainConfig)
+    with pytest.raises(ConfigError, match="label_mode"):
+        classification_datasets(kept_label_mode.data, train=True)
