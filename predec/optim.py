@@ -251,18 +251,25 @@ def lr_multiplier(step: int, config: ScheduleConfig, total_steps: int, base_lr: 
     return value
 
 
+def check_schedule(config: ScheduleConfig, total_steps: int) -> None:
+    """Raise a ``ValueError`` naming the setting if the schedule does not fit a run of ``total_steps`` steps."""
+    if total_steps <= 0:
+        raise ValueError(f"The run must have a positive number of optimiser steps, got {total_steps}.")
+    if config.name == "step" and any(m <= 0 or m > total_steps for m in config.milestones):
+        raise ValueError(
+            f"schedule.milestones={config.milestones} must lie in (0, {total_steps}] (the run's optimiser steps)."
+        )
+    if config.warmup_steps > 0 and config.warmup_steps >= total_steps:
+        raise ValueError(f"schedule.warmup_steps={config.warmup_steps} must be below the run's {total_steps} steps.")
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, total_steps: int) -> LambdaLR:
     """A ``LambdaLR`` applying :func:`lr_multiplier`; call ``.step()`` after every optimiser step.
 
     ``min_lr`` is relative to the lr of multiplier 1 (groups from :func:`param_groups` reach ``min_lr × lr_mult``).
     """
+    check_schedule(config, total_steps)
     base_lr = max(group["lr"] / (group.get("lr_mult") or 1.0) for group in optimizer.param_groups)
-    if config.name == "step" and any(m <= 0 or m > total_steps for m in config.milestones):
-        raise ValueError(
-            f"schedule.milestones={config.milestones} must lie in (0, {total_steps}] (the run's optimiser steps)."
-        )
-    if config.warmup_steps >= total_steps and config.warmup_steps > 0:
-        raise ValueError(f"schedule.warmup_steps={config.warmup_steps} must be below the run's {total_steps} steps.")
     # A partial (not an object with state): LambdaLR's state_dict then holds only plain values, so checkpoints stay
     # loadable with torch.load(weights_only=True).
     multiplier = functools.partial(lr_multiplier, config=config, total_steps=total_steps, base_lr=base_lr)
