@@ -20,6 +20,7 @@ from predec.engine.runner import (
     TrainResult,
     evaluate_dense,
     load_dense_checkpoint,
+    resolve_resume,
     train_dense,
 )
 from predec.engine.trainer import build_trainer, default_precision, resolve_precision
@@ -44,5 +45,6 @@ __all__ = [
     "load_dense_checkpoint",
     "read_checkpoint",
     "resolve_precision",
+    "resolve_resume",
     "train_dense",
 ]

@@ -176,7 +176,16 @@ def describe_model(config: ModelConfig) -> str:
     return f"arch {config.arch!r} (encoder {config.encoder!r}{decoder}, task {config.task!r})"
 
 
-def _resolve_resume(run: RunDir, resume: str | Path | bool | None, overwrite: bool) -> Path | None:
+def resolve_resume(run: RunDir, resume: str | Path | bool | None, overwrite: bool) -> Path | None:
+    """The checkpoint a run in ``run`` starts from (None: from scratch), shared by every engine.
+
+    ``resume`` True/``"last"``: the run's ``last.ckpt`` (must exist); a path: that file; None: the interrupted
+    run's checkpoint if any. ``overwrite`` discards the directory's previous run (on rank 0) and starts fresh.
+
+    Raises:
+        FileNotFoundError: the requested checkpoint does not exist.
+        RunExistsError: the directory holds a finished run and neither ``resume`` nor ``overwrite`` is given.
+    """
     if resume is True or resume == "last":
         if not run.last_checkpoint.is_file():
             raise FileNotFoundError(f"--resume: {run.last_checkpoint} does not exist: nothing to resume in {run.root}.")
@@ -233,7 +242,7 @@ def train_dense(
         ValueError / ConfigError: a checkpoint of another architecture or config.
     """
     run = RunDir(run_dir or Path(config.output_dir) / config.name)
-    ckpt_path = _resolve_resume(run, resume, overwrite)
+    ckpt_path = resolve_resume(run, resume, overwrite)
     resumed_step = None
     if ckpt_path is not None:
         resumed = load_dense_checkpoint(ckpt_path)
@@ -286,6 +295,9 @@ def train_dense(
         module.model.save_pretrained(run.model_dir)
         run.set_status(FINISHED, step=trainer.global_step)
     return TrainResult(run, trainer.global_step, metrics)
+
+
+_resolve_resume = resolve_resume  # the name the pre-training engine imported first
 
 
 def resolve_eval_config(checkpoint: DenseCheckpoint, config: DenseConfig | None, overrides: list[str]) -> DenseConfig:
