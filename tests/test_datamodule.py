@@ -1,0 +1,85 @@
+"""The dense DataModule over the dataset readers (on ``predec data synth`` layouts) and its samplers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from predec.config import load_config
+from predec.data.datasets import write_synthetic
+from predec.data.synthetic import SCENE_CLASSES
+from predec.engine.datamodule import DenseDataModule, ShardSampler, check_task, collate_samples
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth_layout")
+    write_synthetic(root, 6, size=(40, 48), progress=False)
+    return root
+
+
+def batches(config, stage: str = "fit"):
+    module = DenseDataModule(config.data, config.model.task, seed=0, max_steps=3)
+    module.setup(stage)
+    return module
+
+
+def test_nyu_reader_feeds_depth_batches(layout):
+    cfg = load_config(
+        "dense/synth_depth_fpn",
+        [
+            "data.dataset=nyu",
+            f"data.root={layout / 'nyu'}",
+            "data.train_split=train.txt",
+            "data.val_split=test.txt",
+            "data.crop_size=[32, 32]",
+            "data.batch_size=2",
+        ],
+    )
+    module = batches(cfg)
+    train = list(module.train_dataloader())
+    assert len(train) == 3
+    assert train[0]["image"].shape == (2, 3, 32, 32) and train[0]["image"].dtype == torch.float32
+    assert train[0]["depth"].shape == (2, 1, 32, 32) and float(train[0]["depth"].max()) < 10.5
+    val = next(iter(module.val_dataloader()))
+    assert val["depth"].shape == (1, 1, 40, 48)  # evaluation at native resolution
+
+
+def test_voc_reader_feeds_segmentation_batches(layout):
+    classes = "[" + ", ".join(SCENE_CLASSES) + "]"
+    cfg = load_config(
+        "dense/synth_seg_fpn",
+        [
+            "data.dataset=voc",
+            f"data.root={layout / 'voc'}",
+            f"data.reader_kwargs={{classes: {classes}}}",
+            "data.crop_size=[32, 32]",
+            "data.batch_size=2",
+        ],
+    )
+    check_task(cfg.data, "segmentation", 6)
+    batch = next(iter(batches(cfg).train_dataloader()))
+    assert batch["labels"].shape == (2, 32, 32) and batch["labels"].dtype == torch.int64
+    values = set(batch["labels"].unique().tolist())
+    assert values <= set(range(6)) | {255}
+
+
+def test_dataset_and_task_mismatches_are_errors():
+    cfg = load_config("dense/synth_seg_fpn", ["data.dataset=voc", "data.root=/nowhere"])
+    with pytest.raises(ValueError, match=r"model\.num_classes=6 but data\.dataset='voc' has 21 classes"):
+        check_task(cfg.data, "segmentation", 6)
+    with pytest.raises(ValueError, match="has no depth"):
+        check_task(cfg.data, "depth", None)
+    with pytest.raises(ValueError, match="not one of synth, nyu"):
+        check_task(load_config(None, ["data.dataset=coco"]).data, "segmentation", 6)
+
+
+def test_shards_cover_each_item_once_and_collate_names_mixed_sizes():
+    shards = [list(ShardSampler(7, rank, 3)) for rank in range(3)]
+    assert sorted(i for shard in shards for i in shard) == list(range(7))
+    samples = [
+        {"image": torch.zeros(3, 4, 4), "meta": {"path": "a.png"}},
+        {"image": torch.zeros(3, 4, 6), "meta": {"path": "b.png"}},
+    ]
+    with pytest.raises(ValueError, match=r"different image sizes.*a\.png.*b\.png"):
+        collate_samples(samples)
