@@ -2,7 +2,7 @@
 
   predec train --config RECIPE [--run-dir DIR] [--resume [CKPT]] [--overwrite] [key.subkey=value ...]
 
-RECIPE is a YAML file or a shipped recipe name (e.g. synth/depth_xnet; list them with --list). Overrides such as
+RECIPE is a YAML file or a shipped recipe name (e.g. dense/synth_depth_xnet; list them with --list). Overrides such as
 optim.lr=1e-4 trainer.max_steps=200 model.encoder_weights=pretrained are parsed as YAML. The run directory
 (default: <output_dir>/<name>) receives config.yaml, checkpoints/last.ckpt, logs/ (TensorBoard + CSV),
 metrics.json and model/ (save_pretrained). An interrupted run directory is resumed automatically.
@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const="last",
         default=None,
         metavar="CKPT",
-        help="resume from CKPT, or without a value from the run directory's last checkpoint "
-        "(an interrupted run directory is resumed automatically anyway)",
+        help="resume from CKPT, or from the run directory's last checkpoint without a value (or with 'last'; "
+        "place --resume after the overrides); an interrupted run directory is resumed automatically anyway",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="start from scratch, discarding the run directory's checkpoints"
