@@ -68,6 +68,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Pre-train or export; exit codes: 0 done, 1 stopped on NaN/Inf, 2 bad input."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from predec.data.io import DataError
     from predec.engine.guards import NonFiniteLossError
     from predec.engine.runner import RunExistsError
@@ -90,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, RunExistsError, FileNotFoundError, ValueError) as err:
         print(f"predec pretrain: error: {err}", file=sys.stderr)
         return 2
-    shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}
-    print(f"Run directory: {result.run_dir.root} (step {result.step})")
-    print(json.dumps(shown, indent=2))
+    if rank_zero_only.rank == 0:  # under DDP every process returns here; one report is enough
+        shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}
+        print(f"Run directory: {result.run_dir.root} (step {result.step})")
+        print(json.dumps(shown, indent=2))
     return 0

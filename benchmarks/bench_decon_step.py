@@ -1,0 +1,198 @@
+"""Seconds and peak memory per step of DeCon-ML pre-training (ResNet-50 + FPN) on this machine's CPU.
+
+Usage::
+
+    python benchmarks/bench_decon_step.py [--precision bf16|fp32] [--steps 4] [--batch 8] [--size 224]
+        [--prototypes 256] [--hidden 4096] [--alpha 0.5] [--skip-dropout 0.5] [--no-channels-last]
+        [--threads 2] [--count-flops] [--profile] [--json FILE]
+
+One step is exactly what ``predec pretrain`` runs per optimiser step with the ``decon_ml_coco_r50_fpn_800ep``
+settings (α 0.5, FPN skip channel dropout 0.5, K = 256, projectors 256 → 4096 → 4096 → 256 on C5 and on each of
+P2..P5): teacher EMA update, student forward of both views, teacher forward (no grad), the five SlotCon heads,
+backward, LARS step, scheduler step, on ``--batch`` random two-view batches of ``--size`` px with random overlap
+boxes and flips. Precision ``bf16`` is Lightning's ``bf16-mixed`` on CPU (``torch.autocast("cpu", bfloat16)``); the
+model and inputs are channels-last unless ``--no-channels-last``.
+
+Reported per step: wall and process-CPU seconds, the peak resident memory *during that step* (``VmHWM`` reset
+before each step through ``/proc/self/clear_refs``; flat across steps = nothing accumulates) and the resident memory
+after it. Step 0 is a warm-up (allocator, oneDNN kernels) and is left out of the mean. ``--count-flops`` counts the
+FLOPs of step 0 with ``torch.utils.flop_counter``; ``--profile`` prints the operators of one extra step by CPU time.
+The 1-minute load average is printed before and after: run it alone (load < 3 on this 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from predec.config import load_config
+from predec.engine.trainer import cpu_has_bf16
+from predec.pretrain.module import DeConModule, PretrainConfig
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [flag for flag in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if flag in flags.split()]
+
+
+def _random_batch(batch: int, size: int, generator: torch.Generator, channels_last: bool) -> dict[str, torch.Tensor]:
+    views = [torch.randn(batch, 3, size, size, generator=generator) for _ in range(2)]
+    if channels_last:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    out: dict[str, torch.Tensor] = {"view1": views[0], "view2": views[1]}
+    for k in (1, 2):
+        low = torch.rand(batch, 2, generator=generator) * 0.4
+        high = 0.6 + torch.rand(batch, 2, generator=generator) * 0.4
+        out[f"box{k}"] = torch.cat([low, high], dim=1)
+        out[f"flip{k}"] = torch.rand(batch, generator=generator) < 0.5
+    return out
+
+
+def build(args: argparse.Namespace) -> DeConModule:
+    """The DeCon-ML module of the paper recipe, with the benchmark's sizes."""
+    overrides = [
+        f"data.batch_size={args.batch}",
+        f"data.view_size={args.size}",
+        f"ssl.num_prototypes={args.prototypes}",
+        f"ssl.hidden_dim={args.hidden}",
+        f"ssl.encoder_loss_weight={args.alpha}",
+        f"model.decoder_kwargs={{channels: 256, norm: BN, skip_dropout: {args.skip_dropout}}}",
+        f"trainer.channels_last={str(args.channels_last).lower()}",
+        "trainer.devices=1",
+        "trainer.accelerator=cpu",
+        f"trainer.max_steps={max(args.steps, 2)}",
+        "schedule.warmup_steps=1",
+    ]
+    config = load_config("pretrain/decon_ml_coco_r50_fpn_800ep", overrides, schema=PretrainConfig)
+    return DeConModule(config)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps after the warm-up step")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--prototypes", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--skip-dropout", type=float, default=0.5)
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--count-flops", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
+
+    module = build(args).train()
+    optimizers = module.configure_optimizers()
+    optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    generator = torch.Generator().manual_seed(0)
+    total = args.steps + 1
+
+    def step(index: int) -> tuple[float, dict]:
+        batch = _random_batch(args.batch, args.size, generator, args.channels_last)
+        module.update_teachers(index, total)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss, terms = module.ssl_loss(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return float(loss.detach()), terms
+
+    records = []
+    flops = None
+    for index in range(total):
+        can_reset = _reset_peak_rss()
+        wall, cpu = time.perf_counter(), time.process_time()
+        if index == 0 and args.count_flops:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                loss, _ = step(index)
+            flops = counter.get_total_flops()
+        else:
+            loss, _ = step(index)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        peak = _status_kib("VmHWM") if can_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        record = {
+            "step": index,
+            "wall_s": round(wall, 2),
+            "cpu_s": round(cpu, 2),
+            "peak_rss_gib": round(peak / 2**20, 3),
+            "rss_after_gib": round(_status_kib("VmRSS") / 2**20, 3),
+            "loss": round(loss, 4),
+            "warmup": index == 0,
+        }
+        records.append(record)
+        print(json.dumps(record), flush=True)
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(total - 1)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+    timed = [r for r in records if not r["warmup"]]
+    summary = {
+        "what": "DeCon-ML R50-FPN step (decon_ml_coco_r50_fpn_800ep)",
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+        "batch": args.batch,
+        "size": args.size,
+        "prototypes": args.prototypes,
+        "hidden": args.hidden,
+        "alpha": args.alpha,
+        "skip_dropout": args.skip_dropout,
+        "levels": ["encoder", *module.levels] if module.alpha > 0 else list(module.levels),
+        "mean_wall_s": round(sum(r["wall_s"] for r in timed) / max(len(timed), 1), 2),
+        "peak_rss_gib_per_step": [r["peak_rss_gib"] for r in records],
+        "max_peak_rss_gib": max(r["peak_rss_gib"] for r in records),
+        "step0_tflop": None if flops is None else round(flops / 1e12, 3),
+        "threads": args.threads,
+        "load_1min_before": round(load_before, 2),
+        "load_1min_after": round(os.getloadavg()[0], 2),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_flags": _cpu_flags(),
+        "cpu_has_bf16": cpu_has_bf16(),
+        "torch": torch.__version__,
+        "steps": records,
+    }
+    print(json.dumps({k: v for k, v in summary.items() if k != "steps"}, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
