@@ -192,6 +192,8 @@ class FinetuneSettings:
         batch_size: images per step.
         lr: AdamW learning rate.
         grid_images: evaluation images shown in the prediction grids.
+        keep_models: keep each variant's fine-tuned model (first seed, ``run/model``, 50-100 MB each); otherwise
+            only metrics, logs and the grid predictions stay.
         overrides: extra ``key=value`` overrides of every fine-tuning recipe (``predec.config.DenseConfig``).
     """
 
@@ -205,6 +207,7 @@ class FinetuneSettings:
     batch_size: int = 16
     lr: float = 1e-3
     grid_images: int = 4
+    keep_models: bool = False
     overrides: list[str] = field(default_factory=list)
 
 
@@ -334,7 +337,7 @@ def plan(config: DemoConfig) -> list[Stage]:
             needs = tuple(dict.fromkeys(_source_stage(config, v, s) for s in v.sources))
             for seed in config.finetune.seeds:
                 spec = {"task": task, "variant": v.name, "seed": seed, "config": _finetune_settings(config, task, v)}
-                keep = seed == config.finetune.seeds[0]
+                keep = config.finetune.keep_models and seed == config.finetune.seeds[0]
                 stages.append(Stage(finetune_stage_name(task, v.name, seed), "finetune", spec, needs, keep))
     return stages
 
@@ -359,6 +362,7 @@ def _finetune_settings(config: DemoConfig, task: str, v: Variant) -> dict[str, A
         "tasks": None,
         "variants": None,
         "seeds": None,
+        "keep_models": None,
     }
 
 
@@ -405,7 +409,7 @@ def finetune_config(spec: dict[str, Any], weights: dict[str, str | None], run_di
             "precision": "auto",
             "max_steps": s["max_steps"],
             "val_every_n_steps": None,
-            "checkpoint_every_n_steps": max(1, s["max_steps"] // 2),
+            "checkpoint_every_n_steps": s["max_steps"],  # the demo resumes per stage; one write per run
             "log_every_n_steps": max(1, min(10, s["max_steps"] // 10)),
             "progress_bar": progress_bar,
         },
@@ -424,7 +428,9 @@ def _labelled_seed(data_seed: int) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def execute_stage(stage: Stage, stage_dir: Path, inputs: dict[str, dict[str, Any]], threads: int, progress: bool):
+def execute_stage(
+    stage: Stage, stage_dir: Path, inputs: dict[str, dict[str, Any]], threads: int, progress: bool
+) -> dict[str, Any]:
     """Run one stage and return its outputs (JSON-safe). Used in worker processes: arguments are picklable.
 
     Args:
@@ -542,7 +548,7 @@ def _trainer_settings(max_steps: int, progress_bar: bool) -> dict[str, Any]:
         "precision": "auto",
         "max_steps": max_steps,
         "val_every_n_steps": None,
-        "checkpoint_every_n_steps": max(1, max_steps // 2),
+        "checkpoint_every_n_steps": max_steps,  # the demo resumes per stage; one write per run
         "log_every_n_steps": max(1, min(10, max_steps // 10)),
         "progress_bar": progress_bar,
     }
@@ -680,6 +686,11 @@ class Demo:
         self.config, self.out, self.echo = config, Path(out), echo
         self.stages = plan(config)
         self.states: dict[str, dict[str, Any]] = {}
+        self._started = time.perf_counter()
+
+    def _clock(self) -> str:
+        """Elapsed time of this run, for progress lines (``[  42 s]``)."""
+        return f"[{time.perf_counter() - self._started:5.0f} s]"
 
     def stage_dir(self, name: str) -> Path:
         return self.out / "stages" / name
@@ -737,7 +748,7 @@ class Demo:
             KeyboardInterrupt: after recording what finished (the next run resumes from there).
         """
         self.out.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         load_start = _load_average()
         total = len(self.stages)
         self.echo(
@@ -790,7 +801,9 @@ class Demo:
     def _finish(self, stage: Stage, outputs: dict | None, error: BaseException | None, seconds: float, count: str):
         if error is None:
             self.states[stage.name] = self._record(stage, DONE, outputs=outputs, seconds=seconds)
-            self.echo(f"[{count}] done    {stage.name} in {seconds:.0f} s{_outputs_line(outputs or {})}")
+            self.echo(
+                f"{self._clock()} [{count}] done    {stage.name} in {seconds:.0f} s{_outputs_line(outputs or {})}"
+            )
         else:
             text = f"{type(error).__name__}: {error}"
             tb = (
@@ -799,7 +812,7 @@ class Demo:
                 else ""
             )
             self.states[stage.name] = self._record(stage, FAILED, error=text, traceback=tb, seconds=seconds)
-            self.echo(f"[{count}] FAILED  {stage.name} after {seconds:.0f} s: {text}")
+            self.echo(f"{self._clock()} [{count}] FAILED  {stage.name} after {seconds:.0f} s: {text}")
 
     def _skip_blocked(self, waiting: list[Stage], finished: int, total: int) -> tuple[list[Stage], int]:
         still = []
@@ -808,7 +821,7 @@ class Demo:
             if isinstance(ready, str):
                 finished += 1
                 self.states[stage.name] = self._record(stage, SKIPPED, error=ready, seconds=0.0)
-                self.echo(f"[{finished}/{total}] skipped {stage.name}: {ready}")
+                self.echo(f"{self._clock()} [{finished}/{total}] skipped {stage.name}: {ready}")
             else:
                 still.append(stage)
         return still, finished
@@ -824,7 +837,7 @@ class Demo:
                     break
                 stage = next(s for s in waiting if self._ready(s) is True)
                 waiting.remove(stage)
-                self.echo(f"[{finished + 1}/{total}] start   {stage.name}")
+                self.echo(f"{self._clock()} [{finished + 1}/{total}] start   {stage.name}")
                 self._prepare(stage)
                 started = time.perf_counter()
                 try:
@@ -849,7 +862,7 @@ class Demo:
                             break
                         waiting.remove(stage)
                         self._prepare(stage)
-                        self.echo(f"[{finished + len(running) + 1}/{total}] start   {stage.name}")
+                        self.echo(f"{self._clock()} [{finished + len(running) + 1}/{total}] start   {stage.name}")
                         args = (stage, self.stage_dir(stage.name), self._inputs(stage), threads, False)
                         running[pool.submit(execute_stage, *args)] = (stage, time.perf_counter())
                     if not running:
