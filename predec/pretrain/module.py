@@ -269,8 +269,6 @@ def check_pretrain_config(config: PretrainConfig) -> None:
     for key in ("batch_size", "eval_batch_size", "view_size"):
         if getattr(data, key) <= 0:
             raise ConfigError(f"data.{key} must be positive, got {getattr(data, key)}.")
-    if method in SSL_METHODS and data.batch_size < 2:
-        raise ConfigError(f"data.batch_size={data.batch_size}: BatchNorm in the SlotCon heads needs at least 2.")
     try:
         check_schedule(config.schedule, config.trainer.max_steps)
     except ValueError as err:
