@@ -1,5 +1,6 @@
 """The SlotCon/DeCon objective on hand-built tensors: heads, alignment, losses, center, EMA schedule, α rules."""
 
+import copy
 import math
 
 import pytest
@@ -263,7 +264,7 @@ def test_invalid_slots_are_excluded_and_the_predictor_sees_only_queries():
     polluted_q, polluted_k = queries.clone(), keys.clone()
     polluted_q[:, 1], polluted_k[:, 1] = 1e4, -1e4  # values of invalid slots must not matter
     polluted, _ = contrastive_loss(polluted_q, polluted_k, valid, valid, predictor=predictor)
-    assert float(loss) == pytest.approx(float(polluted))
+    assert float(loss.detach()) == pytest.approx(float(polluted.detach()))
     assert seen == [stats["queries"]] * 2 and stats["queries"] == int(valid.sum())
 
 
@@ -274,7 +275,7 @@ def test_no_valid_slot_gives_a_finite_zero_counted_and_connected():
     loss, stats = contrastive_loss(
         queries, torch.randn(2, 3, 4), none, torch.ones(2, 3, dtype=torch.bool), predictor=predictor
     )
-    assert torch.isfinite(loss) and float(loss) == 0.0
+    assert torch.isfinite(loss) and float(loss.detach()) == 0.0
     assert stats == {"queries": 0, "keys": 6, "empty": 1}
     loss.backward()
     assert float(queries.grad.abs().sum()) == 0.0
@@ -324,6 +325,35 @@ def test_slotcon_head_trains_only_the_student_and_updates_the_center():
     head.eval()
     head(maps, maps, boxes, flips)
     torch.testing.assert_close(head.center, center)  # no center update outside training
+
+
+def test_per_view_backward_equals_the_joint_loss():
+    torch.manual_seed(0)
+    joint = SlotConHead(8, num_prototypes=5, hidden_dim=16, out_dim=8)
+    split = copy.deepcopy(joint)
+    maps, boxes, flips = _views()
+    joint_inputs = [m.clone().requires_grad_() for m in maps]
+    loss, terms = joint(joint_inputs, maps, boxes, flips)
+    loss.backward()
+    split_inputs = [m.clone().requires_grad_() for m in maps]
+    teacher = split.teacher_forward(maps)
+    total, split_terms = 0.0, {}
+    for view in (0, 1):
+        view_loss, view_terms = split.student_loss(view, split_inputs[view], teacher, boxes, flips)
+        view_loss.backward()  # one student view at a time
+        total += float(view_loss.detach())
+        split_terms.update({k: v for k, v in view_terms.items() if k[0] in "GC"})
+    split.update_center_(teacher)
+    assert total == pytest.approx(float(loss.detach()), rel=1e-6)
+    for name in ("G12", "G21", "C12", "C21"):
+        torch.testing.assert_close(split_terms[name], terms[name])
+    for joint_input, split_input in zip(joint_inputs, split_inputs):
+        torch.testing.assert_close(split_input.grad, joint_input.grad)
+    for (name, p_joint), p_split in zip(joint.named_parameters(), split.parameters()):
+        if p_joint.requires_grad:
+            torch.testing.assert_close(p_split.grad, p_joint.grad, msg=name)
+    for b_joint, b_split in zip(joint.buffers(), split.buffers()):  # center and BN statistics
+        torch.testing.assert_close(b_split, b_joint)
 
 
 def test_slotcon_head_under_bf16_autocast_has_fp32_terms():

@@ -9,6 +9,7 @@ from predec.pretrain.slotcon import (
     decon_loss,
     group_loss,
     slot_validity,
+    slotcon_direction_loss,
     slotcon_loss,
     update_center,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "group_loss",
     "momentum_at",
     "slot_validity",
+    "slotcon_direction_loss",
     "slotcon_loss",
     "update_center",
     "update_momentum",

@@ -23,8 +23,6 @@ from torchvision.ops import roi_align
 
 from predec.pretrain.heads import DenseProjector, SemanticGrouping, SlotPredictor
 
-TERM_NAMES: tuple[str, ...] = ("G12", "G21", "C12", "C21")
-
 
 def _distributed(process_group: dist.ProcessGroup | None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1
@@ -228,6 +226,81 @@ def update_center(
     return center.float() * momentum + batch_center * (1.0 - momentum)
 
 
+def slotcon_direction_loss(
+    student_scores: torch.Tensor,
+    student_slots: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    teacher_slots: torch.Tensor,
+    student_view: tuple[torch.Tensor, torch.Tensor],
+    teacher_view: tuple[torch.Tensor, torch.Tensor],
+    center: torch.Tensor,
+    *,
+    predictor: nn.Module | None,
+    group_weight: float = 0.5,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.07,
+    contrastive_temp: float = 0.2,
+    process_group: dist.ProcessGroup | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]:
+    """One direction of the SlotCon objective: the student of one view against the teacher of the other.
+
+    ``G`` = :func:`group_loss` of the aligned student scores against the aligned teacher scores, ``C`` =
+    :func:`contrastive_loss` of the student slots (valid in the student's view and the teacher's view) against
+    the teacher slots. The student view's terms depend on no other student tensor, so the two directions
+    can be back-propagated separately (see ``docs/decon.md``, memory).
+
+    Args:
+        student_scores: (B, K, h, w) raw student cosine scores of view v.
+        student_slots: (B, K, D) student slots of view v.
+        teacher_scores: (B, K, h, w) raw teacher cosine scores of the other view o.
+        teacher_slots: (B, K, D) teacher slots of view o.
+        student_view: (boxes (B, 4), flips (B,)) of view v (see :func:`align_scores`).
+        teacher_view: (boxes (B, 4), flips (B,)) of view o.
+        center: (1, K) teacher center.
+        predictor: slot predictor applied to the queries.
+        group_weight: β (0.5).
+        student_temp: student temperature of the group loss (0.1).
+        teacher_temp: teacher temperature of the group loss (0.07).
+        contrastive_temp: InfoNCE temperature (0.2).
+        process_group: group for the key gathering (default: the default group when initialised).
+
+    Returns:
+        ``β·G + (1 − β)·C``, ``G``, ``C`` (fp32 scalars with gradient) and the :func:`contrastive_loss` stats.
+    """
+    aligned_student = align_scores(student_scores, *student_view)
+    with torch.no_grad():
+        aligned_teacher = align_scores(teacher_scores, *teacher_view)
+    group = group_loss(aligned_student, aligned_teacher, center, student_temp=student_temp, teacher_temp=teacher_temp)
+    contrastive, stats = contrastive_loss(
+        student_slots,
+        teacher_slots,
+        slot_validity(student_scores),
+        slot_validity(teacher_scores),
+        predictor=predictor,
+        temperature=contrastive_temp,
+        process_group=process_group,
+    )
+    return group_weight * group + (1.0 - group_weight) * contrastive, group, contrastive, stats
+
+
+def _direction_terms(view: int, group: torch.Tensor, contrastive: torch.Tensor, stats: dict[str, int]) -> dict:
+    names = ("G12", "C12") if view == 0 else ("G21", "C21")
+    return {
+        names[0]: group.detach(),
+        names[1]: contrastive.detach(),
+        "queries": stats["queries"],
+        "keys": stats["keys"],
+        "empty_contrastive": stats["empty"],
+    }
+
+
+def _merge_terms(first: dict, second: dict) -> dict:
+    merged = {**first, **second}
+    for counter in ("queries", "keys", "empty_contrastive"):
+        merged[counter] = first[counter] + second[counter]
+    return merged
+
+
 def slotcon_loss(
     student_scores: Sequence[torch.Tensor],
     student_slots: Sequence[torch.Tensor],
@@ -247,7 +320,8 @@ def slotcon_loss(
     """The SlotCon objective of one level for two views: ``β·(G12 + G21) + (1 − β)·(C12 + C21)``.
 
     ``G12`` distils the teacher's view-2 scores into the student's view-1 scores (both aligned), ``C12`` uses
-    the student's view-1 slots as queries and the teacher's view-2 slots as keys; ``G21``/``C21`` the reverse.
+    the student's view-1 slots as queries and the teacher's view-2 slots as keys; ``G21``/``C21`` the reverse
+    (see :func:`slotcon_direction_loss`).
 
     Args:
         student_scores: per view, (B, K, h, w) raw student cosine scores.
@@ -275,34 +349,29 @@ def slotcon_loss(
     ).items():  # fmt: skip
         if len(pair) != 2:
             raise ValueError(f"slotcon_loss: {name} must hold the two views, got {len(pair)} entries.")
-    aligned_student = [align_scores(s, b, f) for s, b, f in zip(student_scores, boxes, flips)]
-    with torch.no_grad():
-        aligned_teacher = [align_scores(t, b, f) for t, b, f in zip(teacher_scores, boxes, flips)]
-    student_valid = [slot_validity(s) for s in student_scores]
-    teacher_valid = [slot_validity(t) for t in teacher_scores]
-    temps = dict(student_temp=student_temp, teacher_temp=teacher_temp)
-    groups, contrasts, counters = [], [], {"queries": 0, "keys": 0, "empty_contrastive": 0}
+    settings = dict(
+        predictor=predictor,
+        group_weight=group_weight,
+        student_temp=student_temp,
+        teacher_temp=teacher_temp,
+        contrastive_temp=contrastive_temp,
+        process_group=process_group,
+    )
+    losses, terms = [], []
     for view, other in ((0, 1), (1, 0)):
-        groups.append(group_loss(aligned_student[view], aligned_teacher[other], center, **temps))
-        loss, stats = contrastive_loss(
+        loss, group, contrastive, stats = slotcon_direction_loss(
+            student_scores[view],
             student_slots[view],
+            teacher_scores[other],
             teacher_slots[other],
-            student_valid[view],
-            teacher_valid[other],
-            predictor=predictor,
-            temperature=contrastive_temp,
-            process_group=process_group,
+            (boxes[view], flips[view]),
+            (boxes[other], flips[other]),
+            center,
+            **settings,
         )
-        contrasts.append(loss)
-        counters["queries"] += stats["queries"]
-        counters["keys"] += stats["keys"]
-        counters["empty_contrastive"] += stats["empty"]
-    total = group_weight * (groups[0] + groups[1]) + (1.0 - group_weight) * (contrasts[0] + contrasts[1])
-    terms: dict[str, torch.Tensor | int] = {
-        name: value.detach() for name, value in zip(TERM_NAMES, (*groups, *contrasts))
-    }
-    terms.update(counters)
-    return total, terms
+        losses.append(loss)
+        terms.append(_direction_terms(view, group, contrastive, stats))
+    return losses[0] + losses[1], _merge_terms(*terms)
 
 
 class SlotConHead(nn.Module):
@@ -314,8 +383,10 @@ class SlotConHead(nn.Module):
 
     How to run it: keep the whole pre-training module in train mode (teacher BatchNorms use batch statistics,
     as in the reference); pass only ``requires_grad`` parameters to the optimiser; EMA-update the teacher
-    before its forward; compute the teacher maps under ``torch.no_grad()``. The center is updated by
-    :meth:`forward` after the loss, in training mode only.
+    before its forward; compute the teacher maps under ``torch.no_grad()``. :meth:`forward` does both views
+    and updates the center after the loss (training mode only); :meth:`teacher_forward`,
+    :meth:`student_loss` and :meth:`update_center_` are the same steps for a loop that back-propagates one
+    student view at a time.
 
     Args:
         in_channels: channels of the level's feature maps (from ``feature_info`` / the decoder).
@@ -371,6 +442,78 @@ class SlotConHead(nn.Module):
             pairs.append((self.grouping, self.teacher_grouping))
         return pairs
 
+    @torch.no_grad()
+    def teacher_forward(self, teacher_maps: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Teacher projector + grouping of both views, without gradient.
+
+        Args:
+            teacher_maps: per view, (B, C, h, w) teacher features of this level.
+
+        Returns:
+            Per view, (scores (B, K, h, w), slots (B, K, D)).
+        """
+        return [self.teacher_grouping(self.teacher_projector(maps)) for maps in teacher_maps]
+
+    def student_loss(
+        self,
+        view: int,
+        student_maps: torch.Tensor,
+        teacher_outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        boxes: Sequence[torch.Tensor],
+        flips: Sequence[torch.Tensor],
+        *,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | int]]:
+        """The directions of one student view: ``β·G + (1 − β)·C`` against the teacher's other view.
+
+        ``student_loss(0, ...) + student_loss(1, ...)`` is :meth:`forward`'s loss; back-propagating each view
+        separately gives the same gradients with half the activation memory.
+
+        Args:
+            view: 0 or 1, the student view.
+            student_maps: (B, C, h, w) student features of this level for that view.
+            teacher_outputs: :meth:`teacher_forward` of both views.
+            boxes: per view, (B, 4) normalised overlap boxes (see :func:`align_scores`).
+            flips: per view, (B,) bool flip flags.
+            process_group: distributed group (default: the default group when initialised).
+
+        Returns:
+            The scalar fp32 loss and its terms (``G12, C12`` for view 0, ``G21, C21`` for view 1, and the
+            counters of :func:`slotcon_loss`).
+        """
+        if view not in (0, 1):
+            raise ValueError(f"view must be 0 or 1, got {view}.")
+        other = 1 - view
+        scores, slots = self.grouping(self.projector(student_maps))
+        teacher_scores, teacher_slots = teacher_outputs[other]
+        loss, group, contrastive, stats = slotcon_direction_loss(
+            scores,
+            slots,
+            teacher_scores,
+            teacher_slots,
+            (boxes[view], flips[view]),
+            (boxes[other], flips[other]),
+            self.center,
+            predictor=self.predictor,
+            group_weight=self.group_weight,
+            student_temp=self.student_temp,
+            teacher_temp=self.teacher_temp,
+            contrastive_temp=self.contrastive_temp,
+            process_group=process_group,
+        )
+        return loss, _direction_terms(view, group, contrastive, stats)
+
+    @torch.no_grad()
+    def update_center_(
+        self,
+        teacher_outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        """Update the ``center`` buffer in place from :meth:`teacher_forward` of both views (after the loss)."""
+        scores = [view_scores for view_scores, _ in teacher_outputs]
+        self.center.copy_(update_center(self.center, scores, self.center_momentum, process_group=process_group))
+
     def forward(
         self,
         student_maps: Sequence[torch.Tensor],
@@ -380,7 +523,9 @@ class SlotConHead(nn.Module):
         *,
         process_group: dist.ProcessGroup | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | int]]:
-        """Args:
+        """The level's loss for both views; updates the center afterwards in training mode.
+
+        Args:
             student_maps: per view, (B, C, h, w) student features of this level.
             teacher_maps: per view, (B, C, h, w) teacher features of this level (computed without gradient).
             boxes: per view, (B, 4) normalised overlap boxes (see :func:`align_scores`).
@@ -390,30 +535,17 @@ class SlotConHead(nn.Module):
         Returns:
             The scalar fp32 loss and the terms of :func:`slotcon_loss`.
         """
-        student = [self.grouping(self.projector(maps)) for maps in student_maps]
-        with torch.no_grad():
-            teacher = [self.teacher_grouping(self.teacher_projector(maps)) for maps in teacher_maps]
-        total, terms = slotcon_loss(
-            [scores for scores, _ in student],
-            [slots for _, slots in student],
-            [scores for scores, _ in teacher],
-            [slots for _, slots in teacher],
-            boxes,
-            flips,
-            self.center,
-            predictor=self.predictor,
-            group_weight=self.group_weight,
-            student_temp=self.student_temp,
-            teacher_temp=self.teacher_temp,
-            contrastive_temp=self.contrastive_temp,
-            process_group=process_group,
-        )
-        if self.training:
-            new_center = update_center(
-                self.center, [scores for scores, _ in teacher], self.center_momentum, process_group=process_group
+        if len(student_maps) != 2 or len(teacher_maps) != 2:
+            raise ValueError(
+                f"SlotConHead expects the two views, got {len(student_maps)} student and {len(teacher_maps)} "
+                "teacher maps."
             )
-            self.center.copy_(new_center)
-        return total, terms
+        teacher = self.teacher_forward(teacher_maps)
+        first, first_terms = self.student_loss(0, student_maps[0], teacher, boxes, flips, process_group=process_group)
+        second, second_terms = self.student_loss(1, student_maps[1], teacher, boxes, flips, process_group=process_group)
+        if self.training:
+            self.update_center_(teacher, process_group=process_group)
+        return first + second, _merge_terms(first_terms, second_terms)
 
 
 def decon_loss(
