@@ -772,9 +772,9 @@ class Demo:
         pending = [s for s in self.stages if s.name not in self.states]
         try:
             self._execute(pending, total)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into SystemExit(1)
             self.echo(f"\nInterrupted. Finished stages are kept in {self.out}; run the same command to resume.")
-            raise
+            raise KeyboardInterrupt from err
         finally:
             seconds = time.perf_counter() - started
         from predec import report
@@ -874,7 +874,7 @@ class Demo:
                         finished += 1
                         outputs = None if error else future.result()
                         self._finish(stage, outputs, error, time.perf_counter() - started, f"{finished}/{total}")
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, SystemExit):
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
 
