@@ -15,7 +15,7 @@ which MFU is computed, and the precision predec trains with by default on this d
 fresh process; "peak MB" is its resident-set high-water mark over the measured steps (CUDA: max allocated).
 Definitions: docs/benchmarks.md.
 
-Default: the four DEFAULT_MODELS (two ×Net encoder×decoder pairs, FPN, U-Net) at 128×128, batch 4, modes train,
+Default: the four DEFAULT_MODELS (two ×Net encoder×decoder pairs, FPN, U-Net) at 128×128, batch 2, modes train,
 infer and onnx, fp32 and bf16 (where bf16 runs), channels_last on.
 """
 
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"arch:encoder[:decoder] specs (default: {' '.join(DEFAULT_MODELS)})",
     )
     parser.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"), help="input size")
-    parser.add_argument("--batch", type=int, default=4, help="images per step (default 4)")
+    parser.add_argument("--batch", type=int, default=2, help="images per step (default 2)")
     parser.add_argument("--task", choices=TASKS, default="segmentation", help="head and loss (default segmentation)")
     parser.add_argument("--num-classes", type=int, default=21, help="segmentation classes (default 21)")
     parser.add_argument(
@@ -52,12 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--modes", nargs="+", choices=MODES, default=["train", "infer", "onnx"], help="default: train infer onnx"
     )
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them (default 1)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default, the physical cores)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default: cuda if available)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     parser.add_argument("--matmul-size", type=int, help="side of the peak matmul (default 2048 CPU, 8192 CUDA)")
+    parser.add_argument(
+        "--matmul-seconds", type=float, default=2.0, help="seconds per dtype of each peak measurement (default 2)"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement (default 1800)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
 
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             compile_backend=args.compile_backend,
             matmul_size=args.matmul_size,
+            matmul_seconds=args.matmul_seconds,
             timeout=args.timeout,
             progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
