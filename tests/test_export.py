@@ -60,7 +60,7 @@ def test_compile_captures_every_arch_as_one_graph(arch):
 @pytest.mark.heavy
 @pytest.mark.parametrize("arch", ARCHS)
 def test_compile_inductor(arch):
-    """The default backend (inductor) compiles and matches eager mode (20-50 s of CPU per arch: opt-in with ``-m heavy``)."""
+    """Inductor compiles every arch and matches eager mode (20-50 s of CPU each: opt-in, ``-m heavy``)."""
     torch._dynamo.reset()
     model = tiny(arch, "segmentation").eval()
     compiled = torch.compile(model)
