@@ -123,12 +123,12 @@ def main() -> None:
         batch = _random_batch(args.batch, args.size, generator, args.channels_last)
         module.update_teachers(index, total)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            loss, terms = module.ssl_loss(batch)
+            loss, terms = module.ssl_loss(batch)  # back-propagates view 1's part itself, returns view 2's
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        return float(loss.detach()), terms
+        return float(terms["loss"]), terms
 
     records = []
     flops = None

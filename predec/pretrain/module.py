@@ -469,6 +469,9 @@ class SSLMethod(L.LightningModule):
     update (momentum of :func:`predec.pretrain.ema.decon_momenta` at the step, before the teacher forward), loss,
     NaN/Inf stop naming the step and every term, logging (``train/loss`` and the terms). The optimiser receives
     the ``requires_grad`` parameters (:attr:`learnable_params`); teachers are ``requires_grad=False``.
+
+    A method may back-propagate independent parts of its loss inside :meth:`ssl_loss` with
+    :meth:`backward_part` (freeing their graphs early) and return the rest for Lightning's backward.
     """
 
     config: PretrainConfig
@@ -486,8 +489,23 @@ class SSLMethod(L.LightningModule):
         raise NotImplementedError
 
     def ssl_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor | float]]:
-        """The scalar loss of a batch and its named terms (scalars, logged and named in a NaN error)."""
+        """The loss of a batch still to back-propagate, and the named terms (detached scalars, logged and named in
+        a NaN error), among them ``loss``: the value of the whole loss, parts already back-propagated included."""
         raise NotImplementedError
+
+    def backward_part(self, loss: Tensor, step: int, terms: Mapping[str, Tensor | float]) -> None:
+        """Back-propagate ``loss``, an independent part of this step's loss, now (its graph is freed at once).
+
+        Under DDP this runs inside the wrapped forward, where the gradient reducer ignores gradient hooks (as for
+        the non-final batches of gradient accumulation): the gradients accumulate locally and are all-reduced
+        with those of the loss Lightning back-propagates after the forward. A non-finite part stops the run
+        before its backward. With ``16-mixed`` precision the part is scaled by the gradient scaler as Lightning
+        scales the rest.
+        """
+        trainer = self._trainer
+        check_finite_loss(loss, step, terms, trainer=trainer)
+        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None) if trainer is not None else None
+        (scaler.scale(loss) if scaler is not None else loss).backward()
 
     @property
     def learnable_params(self) -> list[tuple[str, nn.Parameter]]:
@@ -527,11 +545,12 @@ class SSLMethod(L.LightningModule):
             self._ema_step = step
             self.log("train/momentum", momenta["encoder"], batch_size=1)
         loss, terms = self.ssl_loss(batch)
-        check_finite_loss(loss, step, terms, trainer=self.trainer)
-        self.losses.add(float(loss.detach()))
+        total = torch.as_tensor(terms["loss"])
+        check_finite_loss(total, step, terms, trainer=self.trainer)
+        self.losses.add(float(total))
         batch_size = _batch_size(batch)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
-        self.log_dict({f"train/{k}": float(v) for k, v in terms.items()}, batch_size=batch_size)
+        self.log("train/loss", float(total), prog_bar=True, batch_size=batch_size)
+        self.log_dict({f"train/{k}": float(v) for k, v in terms.items() if k != "loss"}, batch_size=batch_size)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -642,49 +661,80 @@ class DeConModule(SSLMethod):
         return views
 
     def ssl_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor | float]]:
-        """The DeCon (or SlotCon) loss of a two-view batch.
+        """The DeCon (or SlotCon) loss of a two-view batch, one student view at a time.
+
+        Teacher first (both views, no gradient; each head's projector and grouping), then per student view ``v``
+        the directions whose student is ``v``: ``L_v = α·L_enc,v + (1 − α)·mean_levels(L_dec,v)``, so that
+        ``L_0 + L_1`` is DeCon's loss. The terms of one view depend on no tensor of the other student view, so in
+        training with gradients ``L_0`` is back-propagated at once (:meth:`backward_part`) and only ``L_1`` is
+        returned: same gradients, half the activation memory. The centers are updated after both views.
 
         Args:
             batch: ``view1``/``view2`` (B, 3, S, S) normalised views, ``box1``/``box2`` (B, 4) overlap boxes in each
                 view's frame, ``flip1``/``flip2`` (B,) flip flags (:class:`predec.data.TwoViewCrop`).
 
         Returns:
-            The scalar loss and its terms: ``loss_enc``, ``loss_dec``, per level ``<level>/G12`` ... ``/C21``, and
-            ``empty_contrastive`` (contrastive directions without any valid slot in this batch, all levels).
+            The loss still to back-propagate (``L_1``; ``L_0 + L_1`` without gradients) and the terms: ``loss``
+            (``L_0 + L_1``), ``loss_enc``, ``loss_dec``, per level ``<level>/G12`` ... ``/C21`` (``enc/...`` for
+            the encoder), ``empty_contrastive`` (contrastive directions of this batch without any valid slot,
+            all levels) and, in training, ``empty_contrastive_total``.
         """
         views = self._views(batch)
         boxes, flips = [batch["box1"], batch["box2"]], [batch["flip1"], batch["flip2"]]
-        student = [self.student(view) for view in views]
         with torch.no_grad():
-            teacher = [self.teacher(view) for view in views]
+            teacher_maps = [self._level_maps(*self.teacher(view)) for view in views]
+        teacher = {
+            name: head.teacher_forward([maps[name] for maps in teacher_maps]) for name, head in self.head.items()
+        }
+        del teacher_maps
+        backward_early = self.training and torch.is_grad_enabled()
         terms: dict[str, Tensor | float] = {}
+        losses: list[Tensor] = []
+        level_values: dict[str, list[Tensor]] = {name: [] for name in self.head}
         empty = 0
-
-        def level_loss(name: str, pick: Callable[[tuple[list[Tensor], DecoderOutput | None]], Tensor]) -> Tensor:
-            nonlocal empty
-            loss, level_terms = self.head[name](
-                [pick(out) for out in student], [pick(out) for out in teacher], boxes, flips
+        for view in (0, 1):
+            maps = self._level_maps(*self.student(views[view]))
+            level_losses = {}
+            for name, head in self.head.items():
+                level_losses[name], level_terms = head.student_loss(view, maps[name], teacher[name], boxes, flips)
+                prefix = "enc" if name == "encoder" else name.removeprefix("decoder_")
+                for key in ("G12", "C12") if view == 0 else ("G21", "C21"):
+                    terms[f"{prefix}/{key}"] = level_terms[key]
+                empty += int(level_terms["empty_contrastive"])
+                level_values[name].append(level_losses[name].detach())
+            del maps
+            loss = decon_loss(
+                level_losses.get("encoder"),
+                [level_losses[f"decoder_{level}"] for level in self.levels],
+                self.alpha,
             )
-            prefix = "enc" if name == "encoder" else name.removeprefix("decoder_")
-            for key in ("G12", "G21", "C12", "C21"):
-                terms[f"{prefix}/{key}"] = level_terms[key]
-            empty += int(level_terms["empty_contrastive"])
-            return loss
-
-        encoder_loss = level_loss("encoder", lambda out: out[0][-1]) if "encoder" in self.head else None
-        decoder_losses = [
-            level_loss(f"decoder_{level}", lambda out, level=level: out[1].levels[level]) for level in self.levels
-        ]
-        loss = decon_loss(encoder_loss, decoder_losses, self.alpha)
-        if encoder_loss is not None:
-            terms["loss_enc"] = encoder_loss.detach()
-        if decoder_losses:
-            terms["loss_dec"] = torch.stack([d.detach().float() for d in decoder_losses]).mean()
+            del level_losses
+            if view == 0 and backward_early:
+                self.backward_part(loss, self.global_step, terms)
+                loss = loss.detach()
+            losses.append(loss)
+        if self.training:
+            for name, head in self.head.items():
+                head.update_center_(teacher[name])
+        totals = {name: values[0] + values[1] for name, values in level_values.items()}
+        terms["loss"] = losses[0].detach() + losses[1].detach()
+        if "encoder" in totals:
+            terms["loss_enc"] = totals["encoder"]
+        if self.levels:
+            terms["loss_dec"] = torch.stack([totals[f"decoder_{level}"].float() for level in self.levels]).mean()
         terms["empty_contrastive"] = float(empty)
         if self.training:
             self.empty_contrastive_total += empty
             terms["empty_contrastive_total"] = float(self.empty_contrastive_total)
-        return loss, terms
+        return (losses[1] if backward_early else losses[0] + losses[1]), terms
+
+    def _level_maps(self, features: list[Tensor], decoded: DecoderOutput | None) -> dict[str, Tensor]:
+        """The map each head reads: ``encoder`` the encoder's deepest map, ``decoder_<level>`` a decoder level."""
+        maps = {"encoder": features[-1]} if "encoder" in self.head else {}
+        for level in self.levels:
+            assert decoded is not None
+            maps[f"decoder_{level}"] = decoded.levels[level]
+        return maps
 
     def pretrained_state_dict(self) -> dict[str, Tensor]:
         """``student.*`` and ``teacher.*`` encoder/decoder tensors (contiguous), the transferable weights."""
