@@ -565,7 +565,8 @@ class BenchReport:
         default_precision: :func:`default_precision` on the device.
         peak_gflop_per_s: matmul peak per precision, the better of the two measurements (MFU's denominator).
         peak_gflop_per_s_runs: the matmul peak measured before and after the measurements.
-        results: one row per measurement (keys :data:`RESULT_FIELDS` + ``achieved_gflop_per_s``).
+        results: one row per measurement (keys :data:`RESULT_FIELDS` + ``achieved_gflop_per_s`` +
+            ``images_per_s_rounds``).
     """
 
     machine: dict[str, Any]
@@ -621,6 +622,7 @@ def run_bench(
     compile_backend: str = "inductor",
     matmul_size: int | None = None,
     matmul_seconds: float = 2.0,
+    repeats: int = 1,
     isolate: bool = True,
     timeout: float = 1800.0,
     progress: Callable[[str], None] | None = None,
@@ -645,10 +647,14 @@ def run_bench(
         matmul_size: matrix side of the peak measurement; None = 2048 on CPU, 8192 on CUDA.
         matmul_seconds: seconds per dtype of each peak measurement (one before the measurements, one after; the
             better one counts, so that a busy moment on a shared machine does not lower the peak).
+        repeats: rounds over the whole plan (interleaved, so that a busy spell on a shared machine hits all
+            configurations alike); each row is its fastest round, ``images_per_s_rounds`` lists all.
         isolate: one fresh process per measurement (honest peak memory); False runs them in this process.
         timeout: seconds allowed per isolated measurement.
         progress: called with a line of text before each measurement.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be ≥ 1, got {repeats}.")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -683,23 +689,30 @@ def run_bench(
 
     report = BenchReport(
         machine=machine,
-        settings={**settings, "matmul_size": matmul_size, "isolated": isolate},
+        settings={**settings, "matmul_size": matmul_size, "repeats": repeats, "isolated": isolate},
         default_precision=default_precision(dev),
     )
     measure_peaks()
-    for index, m in enumerate(plan, 1):
-        if progress:
-            cl = "-" if m.channels_last is None else ("channels_last" if m.channels_last else "NCHW")
-            progress(f"[{index}/{len(plan)}] {m.model} {m.mode} {m.precision} {cl}")
-        if isolate:
-            row = measure_isolated(m, timeout)
-        else:
-            start = time.perf_counter()
-            try:
-                row = measure(m)
-            except Exception as err:  # a failing model must not stop the other measurements
-                row = _failed_row(m, f"{type(err).__name__}: {err}", time.perf_counter() - start)
-        report.results.append(row)
+    rounds: list[list[dict[str, Any]]] = [[] for _ in plan]
+    for repeat in range(1, repeats + 1):
+        for index, m in enumerate(plan):
+            if progress:
+                cl = "-" if m.channels_last is None else ("channels_last" if m.channels_last else "NCHW")
+                progress(f"[{repeat}/{repeats}: {index + 1}/{len(plan)}] {m.model} {m.mode} {m.precision} {cl}")
+            if isolate:
+                row = measure_isolated(m, timeout)
+            else:
+                start = time.perf_counter()
+                try:
+                    row = measure(m)
+                except Exception as err:  # a failing model must not stop the other measurements
+                    row = _failed_row(m, f"{type(err).__name__}: {err}", time.perf_counter() - start)
+            rounds[index].append(row)
+    for rows in rounds:
+        ok = [row for row in rows if row["status"] == "ok"]
+        best = max(ok, key=lambda row: row["images_per_s"]) if ok else rows[-1]
+        best["images_per_s_rounds"] = [row["images_per_s"] for row in ok]
+        report.results.append(best)
     measure_peaks()
     report.peak_gflop_per_s = {p: max(runs) for p, runs in report.peak_gflop_per_s_runs.items()}
     for row in report.results:

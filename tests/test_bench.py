@@ -112,6 +112,18 @@ def test_failed_measurement_is_reported_not_raised() -> None:
     assert "failed" in format_table(report)
 
 
+def test_repeats_keep_the_fastest_round() -> None:
+    report = run_bench(
+        [TINY], modes=["infer"], precisions=["fp32"], height=64, width=64, batch=1, steps=1, warmup=0, threads=1,
+        matmul_size=64, matmul_seconds=0.01, repeats=2, isolate=False,
+    )  # fmt: skip
+    (row,) = report.results
+    assert len(row["images_per_s_rounds"]) == 2
+    assert row["images_per_s"] == max(row["images_per_s_rounds"])
+    with pytest.raises(ValueError, match="repeats"):
+        run_bench([TINY], repeats=0)
+
+
 def test_cli_isolated_run_writes_json(tmp_path, capsys) -> None:
     precision = "bf16" if bf16_runs("cpu") else "fp32"
     out = tmp_path / "bench.json"

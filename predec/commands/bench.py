@@ -2,7 +2,7 @@
 
   predec bench [--models SPEC ...] [--size H W] [--batch B] [--task segmentation|depth]
                [--precision fp32 bf16] [--channels-last on|off|both] [--modes train infer compile onnx]
-               [--steps N] [--warmup W] [--threads T] [--device cpu|cuda|auto] [--json FILE]
+               [--steps N] [--warmup W] [--repeats R] [--threads T] [--device cpu|cuda|auto] [--json FILE]
 
 SPEC is arch:encoder[:decoder]: xnet:resnet18:convnext_atto (×Net, decoder = a timm classification backbone),
 fpn:resnet18, unet:resnet18, deeplabv3plus:resnet18, fcn:resnet18, or timm:resnet50 (a plain timm classifier, as a
@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them (default 1)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds over all measurements, fastest counts (default 1)"
+    )
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default, the physical cores)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default: cuda if available)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"predec bench: {err}", file=sys.stderr)
         return 2
-    for name in ("batch", "steps"):
+    for name in ("batch", "steps", "repeats"):
         if getattr(args, name) < 1:
             print(f"predec bench: --{name} must be ≥ 1, got {getattr(args, name)}.", file=sys.stderr)
             return 2
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps,
             warmup=args.warmup,
             threads=args.threads,
+            repeats=args.repeats,
             device=args.device,
             compile_backend=args.compile_backend,
             matmul_size=args.matmul_size,
