@@ -1,14 +1,15 @@
 """Throughput, memory, FLOPs and model FLOP utilisation (MFU) of dense models: the engine of ``predec bench``.
 
-One *measurement* is a model spec (``arch:encoder[:decoder]``) × mode × precision × memory format. Modes:
+A *configuration* is a model spec (``arch:encoder[:decoder]``) × precision × memory format; each one runs in a
+fresh Python process, which measures its modes in turn (``infer``, ``compile``, ``onnx``, then ``train``):
 
 - ``train``: forward + loss + backward + AdamW step (``predec.optim.build_optimizer`` defaults), model in train mode.
 - ``infer``: eager forward under ``torch.inference_mode``, model in eval mode.
 - ``compile``: as ``infer`` on ``torch.compile(model)`` (mode default); the first call, which compiles, is timed
   separately (``setup_s``).
 - ``onnx``: the fp32 model exported by :func:`predec.models.export.export_onnx`, run by an ONNX Runtime CPU
-  session; export + session creation is ``setup_s``. Measured once per model (ONNX Runtime has no bf16 CPU kernels
-  and picks its own memory layout).
+  session; export + session creation is ``setup_s``. Measured once per model, in its first configuration (ONNX
+  Runtime has no bf16 CPU kernels and picks its own memory layout).
 
 Precisions: ``fp32`` and ``bf16`` (bf16-mixed: ``torch.autocast`` to bfloat16, losses in fp32), as Lightning's
 ``32-true`` and ``bf16-mixed``. :func:`default_precision` says which one the library uses on a device.
@@ -20,15 +21,17 @@ Definitions (also in ``docs/benchmarks.md``):
   (train: forward + backward, measured; infer/compile/onnx: forward). Multiply–add = 2 FLOPs.
 - MFU = FLOPs per image × images/s ÷ peak, the peak being the best FLOP/s of a square matmul loop in the same
   dtype (fp32 or bf16), same device and thread count, measured in the same run (:func:`matmul_peak_flops`).
-- Memory, CPU: the resident-set high-water mark (Linux ``VmHWM``) of a fresh process per measurement, reset through
-  ``/proc/self/clear_refs`` after the setup (imports, model build, compile/export) so it covers the measured
-  steps; everything resident counts (Python, torch, weights, optimiser state, activations, allocator caches).
-  CUDA: ``torch.cuda.max_memory_allocated`` over the same span (tensors only).
+- Memory, CPU: the resident-set high-water mark (Linux ``VmHWM``) of the configuration's process over each mode's
+  measured span, reset through ``/proc/self/clear_refs`` at its start (after compile/export); everything resident
+  counts (Python, torch, weights, optimiser state, activations, allocator caches, what earlier modes left).
+  ``setup_mem_mb`` is the resident memory at the start of the span. CUDA: ``torch.cuda.max_memory_allocated`` over
+  the same span (tensors only).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import json
 import os
@@ -131,14 +134,15 @@ def parse_model_spec(text: str) -> ModelSpec:
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """One measurement (run in its own process by :func:`run_bench`).
+class BenchConfig:
+    """One configuration, measured in one fresh process by :func:`run_bench`: a model at one precision and memory
+    format, its modes measured in turn (``infer``, ``compile``, ``onnx``, then ``train``).
 
     Attributes:
         model: model spec text ``arch:encoder[:decoder]``.
-        mode: one of :data:`MODES`.
-        precision: one of :data:`PRECISIONS`.
-        channels_last: model and input in ``torch.channels_last`` (None for ``onnx``).
+        modes: subset of :data:`MODES`.
+        precision: one of :data:`PRECISIONS` (``onnx`` always runs the fp32 export).
+        channels_last: model and input in ``torch.channels_last`` (``onnx`` always gets NCHW input).
         height: input height.
         width: input width.
         batch: images per step.
@@ -152,19 +156,35 @@ class Measurement:
     """
 
     model: str
-    mode: str
+    modes: tuple[str, ...]
     precision: str = "fp32"
-    channels_last: bool | None = False
+    channels_last: bool = False
     height: int = 128
     width: int = 128
-    batch: int = 4
+    batch: int = 2
     task: str = "segmentation"
     num_classes: int = 21
-    steps: int = 5
+    steps: int = 3
     warmup: int = 1
     threads: int = 1
     device: str = "cpu"
     compile_backend: str = "inductor"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modes", tuple(self.modes))  # JSON round trips give lists
+        for name, values, valid in (
+            ("mode", self.modes, MODES),
+            ("precision", (self.precision,), PRECISIONS),
+            ("task", (self.task,), TASKS),
+        ):
+            bad = [v for v in values if v not in valid]
+            if bad or not values:
+                raise ValueError(f"Bad {name} {', '.join(map(str, bad)) or '(none)'}; valid: {', '.join(valid)}.")
+        if self.steps < 1 or self.warmup < 0 or self.batch < 1:
+            raise ValueError(
+                f"Need steps ≥ 1, warmup ≥ 0, batch ≥ 1; got steps={self.steps}, warmup={self.warmup}, "
+                f"batch={self.batch}."
+            )
 
 
 def cpu_name() -> str:
@@ -322,7 +342,7 @@ def build_model(spec: ModelSpec, task: str, num_classes: int) -> nn.Module:
 
 
 def _inputs_and_loss(
-    spec: ModelSpec, m: Measurement, device: torch.device
+    spec: ModelSpec, c: BenchConfig, device: torch.device
 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """Random normalised images and a loss on the model output, as training would compute it."""
     import torch.nn.functional as F
@@ -331,14 +351,14 @@ def _inputs_and_loss(
     from predec.tasks.segmentation import cross_entropy_loss
 
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(m.batch, 3, m.height, m.width, generator=generator).to(device)
+    x = torch.randn(c.batch, 3, c.height, c.width, generator=generator).to(device)
     if spec.arch == CLASSIFIER_ARCH:
-        classes = torch.randint(0, 1000, (m.batch,), generator=generator).to(device)
+        classes = torch.randint(0, 1000, (c.batch,), generator=generator).to(device)
         return x, lambda out: F.cross_entropy(out.float(), classes)
-    if m.task == "segmentation":
-        labels = torch.randint(0, m.num_classes, (m.batch, m.height, m.width), generator=generator).to(device)
+    if c.task == "segmentation":
+        labels = torch.randint(0, c.num_classes, (c.batch, c.height, c.width), generator=generator).to(device)
         return x, lambda out: cross_entropy_loss(out, labels)
-    depth = (0.5 + 9.5 * torch.rand(m.batch, 1, m.height, m.width, generator=generator)).to(device)
+    depth = (0.5 + 9.5 * torch.rand(c.batch, 1, c.height, c.width, generator=generator)).to(device)
     return x, lambda out: silog_loss(out, depth)
 
 
@@ -363,111 +383,137 @@ def _time_steps(fn: Callable[[], Any], warmup: int, steps: int, device: torch.de
     return times
 
 
-def measure(m: Measurement) -> dict[str, Any]:
-    """Run one measurement in this process and return its result row (keys :data:`RESULT_FIELDS`).
+EXECUTION_ORDER: tuple[str, ...] = ("infer", "compile", "onnx", "train")
+"""Order of the modes in a configuration's process: training last, so that its gradients and optimiser state are
+not resident during the inference modes."""
 
-    Raises:
-        ValueError: bad mode, precision, task or model spec.
-    """
-    for name, value, valid in (
-        ("mode", m.mode, MODES),
-        ("precision", m.precision, PRECISIONS),
-        ("task", m.task, TASKS),
-    ):
-        if value not in valid:
-            raise ValueError(f"Unknown {name} {value!r}; valid: {', '.join(valid)}.")
-    if m.steps < 1 or m.warmup < 0 or m.batch < 1:
-        raise ValueError(f"Need steps ≥ 1, warmup ≥ 0, batch ≥ 1; got {m.steps}, {m.warmup}, {m.batch}.")
-    wall_start = time.perf_counter()
-    torch.set_num_threads(m.threads)
-    torch.manual_seed(0)
-    device = torch.device(m.device)
-    spec = parse_model_spec(m.model)
-    model = build_model(spec, m.task, m.num_classes).to(device)
-    params = sum(p.numel() for p in model.parameters())
-    x, loss_fn = _inputs_and_loss(spec, m, device)
-    channels_last = bool(m.channels_last) and m.mode != "onnx"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    bf16 = m.precision == "bf16" and m.mode != "onnx"
-    autocast = (
-        (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    )
-    memory = _MemoryProbe(device)
-    setup_s = None
 
-    if m.mode == "train":
-        from predec.config import OptimConfig
-        from predec.optim import build_optimizer
+class _Run:
+    """The model, input and loss of one configuration, and the measurement of each mode on them."""
 
-        model.train()
-        optimizer = build_optimizer(model, OptimConfig())
+    def __init__(self, c: BenchConfig) -> None:
+        torch.set_num_threads(c.threads)
+        torch.manual_seed(0)
+        self.c = c
+        self.device = torch.device(c.device)
+        spec = parse_model_spec(c.model)
+        self.model = build_model(spec, c.task, c.num_classes).to(self.device)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.x, self.loss_fn = _inputs_and_loss(spec, c, self.device)
+        if c.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.forward_flops: int | None = None
 
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                out = model(x)
-            loss_fn(out).backward()
-            optimizer.step()
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.c.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
-        memory.start()
-        flops = _count_flops(step)
-    else:
-        model.eval()
+    def forward_step(self, net: Callable[[Tensor], Tensor]) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.inference_mode(), self.autocast():
+                return net(self.x)
 
-        def forward(net: Callable[[Tensor], Tensor]) -> Callable[[], Any]:
-            def run() -> Any:
-                with torch.inference_mode(), autocast():
-                    return net(x)
+        return run
 
-            return run
+    def count_forward_flops(self) -> int:
+        if self.forward_flops is None:
+            self.model.eval()
+            self.forward_flops = _count_flops(self.forward_step(self.model))
+        return self.forward_flops
 
-        step = forward(model)
-        if m.mode == "infer":
+    def measure(self, mode: str) -> dict[str, Any]:
+        """Set up ``mode``, then time its steps; the memory span starts after the setup (compile, export)."""
+        c, device = self.c, self.device
+        wall_start = time.perf_counter()
+        memory = _MemoryProbe(device)
+        setup_s = None
+        if mode == "train":
+            from predec.config import OptimConfig
+            from predec.optim import build_optimizer
+
+            self.model.train()
             memory.start()
-            flops = _count_flops(step)
-        elif m.mode == "compile":
-            flops = _count_flops(step)
-            compiled = torch.compile(model, backend=m.compile_backend)
-            step = forward(compiled)
+            optimizer = build_optimizer(self.model, OptimConfig())
+
+            def step() -> None:
+                optimizer.zero_grad(set_to_none=True)
+                with self.autocast():
+                    out = self.model(self.x)
+                self.loss_fn(out).backward()
+                optimizer.step()
+
+            flops = _count_flops(step)  # the first step: forward + backward, measured
+        elif mode == "infer":
+            self.model.eval()
+            memory.start()
+            flops = self.count_forward_flops()
+            step = self.forward_step(self.model)
+        elif mode == "compile":
+            flops = self.count_forward_flops()
+            torch._dynamo.reset()
+            step = self.forward_step(torch.compile(self.model, backend=c.compile_backend))
             t0 = time.perf_counter()
             step()
             _synchronize(device)
             setup_s = time.perf_counter() - t0
             memory.start()
-        else:  # onnx
-            flops = _count_flops(step)
-            step, setup_s = _onnx_step(model.cpu(), x.cpu(), m.threads)
-            del model
+        else:  # onnx: the fp32 model with NCHW weights, on the CPU
+            flops = self.count_forward_flops()
+            export_copy = copy.deepcopy(self.model).cpu().to(memory_format=torch.contiguous_format)
+            step, setup_s = _onnx_step(export_copy, self.x, c.threads)
+            del export_copy
+            memory = _MemoryProbe(torch.device("cpu"))
             memory.start()
-    times = _time_steps(step, m.warmup, m.steps, device)
-    peak_mb = memory.peak_mb()
+        times = _time_steps(step, c.warmup, c.steps, device)
+        peak_mb = memory.peak_mb()
+        if mode == "train":
+            del optimizer, step
+            self.model.zero_grad(set_to_none=True)
+        median = statistics.median(times)
+        images_per_s = c.batch / median
+        flops_per_image = flops / c.batch
+        return {
+            "model": c.model,
+            "mode": mode,
+            "precision": "fp32" if mode == "onnx" else c.precision,
+            "channels_last": None if mode == "onnx" else c.channels_last,
+            "status": "ok",
+            "error": None,
+            "params": self.params,
+            "gflops_per_image": flops_per_image / 1e9,
+            "images_per_s": images_per_s,
+            "step_ms_median": 1e3 * median,
+            "step_ms_min": 1e3 * min(times),
+            "step_ms_max": 1e3 * max(times),
+            "mfu": None,  # filled in by run_bench from the peak of this precision
+            "achieved_gflop_per_s": flops_per_image * images_per_s / 1e9,
+            "setup_s": setup_s,
+            "setup_mem_mb": memory.setup_mb,
+            "peak_mem_mb": peak_mb,
+            "memory_method": memory.method,
+            "wall_s": time.perf_counter() - wall_start,
+        }
 
-    median = statistics.median(times)
-    images_per_s = m.batch / median
-    flops_per_image = flops / m.batch
-    return {
-        "model": m.model,
-        "mode": m.mode,
-        "precision": "fp32" if m.mode == "onnx" else m.precision,
-        "channels_last": None if m.mode == "onnx" else channels_last,
-        "status": "ok",
-        "error": None,
-        "params": params,
-        "gflops_per_image": flops_per_image / 1e9,
-        "images_per_s": images_per_s,
-        "step_ms_median": 1e3 * median,
-        "step_ms_min": 1e3 * min(times),
-        "step_ms_max": 1e3 * max(times),
-        "mfu": None,  # filled in by run_bench from the peak of this precision
-        "achieved_gflop_per_s": flops_per_image * images_per_s / 1e9,
-        "setup_s": setup_s,
-        "setup_mem_mb": memory.setup_mb,
-        "peak_mem_mb": peak_mb,
-        "memory_method": memory.method,
-        "wall_s": time.perf_counter() - wall_start,
-    }
+
+def measure(c: BenchConfig) -> list[dict[str, Any]]:
+    """Measure every mode of ``c`` in this process; one result row per mode (keys :data:`RESULT_FIELDS`), in
+    :data:`MODES` order. A mode that raises gives a row with ``status="failed"``; the others still run.
+
+    Raises:
+        ValueError: bad model spec; any error while building the model.
+    """
+    run = _Run(c)
+    rows = {}
+    for mode in (m for m in EXECUTION_ORDER if m in c.modes):
+        start = time.perf_counter()
+        try:
+            rows[mode] = run.measure(mode)
+        except Exception as err:  # a failing mode must not stop the other measurements
+            rows[mode] = _failed_row(c, mode, f"{type(err).__name__}: {err}", time.perf_counter() - start)
+        gc.collect()
+    return [rows[mode] for mode in MODES if mode in rows]
 
 
 def _onnx_step(model: nn.Module, x: Tensor, threads: int) -> tuple[Callable[[], Any], float]:
@@ -481,25 +527,25 @@ def _onnx_step(model: nn.Module, x: Tensor, threads: int) -> tuple[Callable[[], 
     with tempfile.TemporaryDirectory(prefix="predec-bench-") as tmp:
         with warnings.catch_warnings():  # the exporter's deprecation and tracer warnings are not the bench's news
             warnings.simplefilter("ignore")
-            path = export_onnx(model.float(), Path(tmp) / "model.onnx", size=tuple(x.shape[-2:]), batch_size=len(x))
+            path = export_onnx(model.cpu(), Path(tmp) / "model.onnx", size=tuple(x.shape[-2:]), batch_size=len(x))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.float().contiguous().numpy()}
+    feed = {session.get_inputs()[0].name: x.detach().float().cpu().contiguous().numpy()}
     setup_s = time.perf_counter() - t0
     return (lambda: session.run(None, feed)), setup_s
 
 
 # --------------------------------------------------------------------------------------------------- orchestration
-def _failed_row(m: Measurement, error: str, wall_s: float) -> dict[str, Any]:
+def _failed_row(c: BenchConfig, mode: str, error: str, wall_s: float) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(RESULT_FIELDS)
     row.update(
-        model=m.model,
-        mode=m.mode,
-        precision=m.precision,
-        channels_last=m.channels_last,
+        model=c.model,
+        mode=mode,
+        precision="fp32" if mode == "onnx" else c.precision,
+        channels_last=None if mode == "onnx" else c.channels_last,
         status="failed",
         error=error,
         wall_s=wall_s,
@@ -507,51 +553,67 @@ def _failed_row(m: Measurement, error: str, wall_s: float) -> dict[str, Any]:
     return row
 
 
-def measure_isolated(m: Measurement, timeout: float = 1800.0) -> dict[str, Any]:
-    """Run :func:`measure` in a fresh Python process (``python -m predec.bench``), so that its peak memory is its
-    own; a crash or timeout gives a row with ``status="failed"`` and the error text."""
+def _measure_in_process(c: BenchConfig) -> list[dict[str, Any]]:
+    start = time.perf_counter()
+    try:
+        return measure(c)
+    except Exception as err:  # a failing model must not stop the other configurations
+        error = f"{type(err).__name__}: {err}"
+        return [_failed_row(c, mode, error, time.perf_counter() - start) for mode in MODES if mode in c.modes]
+
+
+def measure_isolated(c: BenchConfig, timeout: float = 1800.0) -> list[dict[str, Any]]:
+    """Run :func:`measure` in a fresh Python process (``python -m predec.bench``), so that its memory is its own;
+    a crash or timeout gives rows with ``status="failed"`` and the error text."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="predec-bench-") as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "predec.bench", json.dumps(asdict(m)), str(out)]
+        cmd = [sys.executable, "-m", "predec.bench", json.dumps(asdict(c)), str(out)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+            error = None
+            if proc.returncode != 0 or not out.is_file():
+                error = f"exit code {proc.returncode}: " + "\n".join(proc.stderr.strip().splitlines()[-5:])
         except subprocess.TimeoutExpired:
-            return _failed_row(m, f"timed out after {timeout:.0f} s", time.perf_counter() - start)
-        if proc.returncode != 0 or not out.is_file():
-            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-            return _failed_row(m, f"exit code {proc.returncode}: {tail}", time.perf_counter() - start)
+            error = f"timed out after {timeout:.0f} s"
+        if error:
+            return [_failed_row(c, mode, error, time.perf_counter() - start) for mode in MODES if mode in c.modes]
         return json.loads(out.read_text())
 
 
-def plan_measurements(
+def plan_configs(
     models: Sequence[str],
     modes: Sequence[str],
     precisions: Sequence[str],
     channels_last: Sequence[bool],
     **settings: Any,
-) -> list[Measurement]:
-    """Every measurement of a run: model × precision × channels_last × mode, ``onnx`` once per model (fp32, NCHW).
+) -> list[BenchConfig]:
+    """The configurations of a run: model × precision × channels_last, each with ``modes``; ``onnx`` (always the
+    fp32 NCHW export) only in each model's first configuration.
 
     Args:
         models: model spec texts.
         modes: subset of :data:`MODES`.
         precisions: subset of :data:`PRECISIONS`.
         channels_last: memory formats to try (``[False]``, ``[True]`` or both).
-        **settings: the other :class:`Measurement` fields (size, batch, task, steps, ...).
+        **settings: the other :class:`BenchConfig` fields (size, batch, task, steps, ...).
     """
     for name, values, valid in (("mode", modes, MODES), ("precision", precisions, PRECISIONS)):
         bad = [v for v in values if v not in valid]
         if bad or not values:
             raise ValueError(f"Bad {name}s {list(values)}; choose from {', '.join(valid)}.")
+    if not channels_last:
+        raise ValueError("channels_last needs at least one memory format (True, False or both).")
     plan = []
     for text in models:
         parse_model_spec(text)  # fail before any measurement runs
+        first = True
         for precision in precisions:
             for cl in channels_last:
-                plan += [Measurement(text, mode, precision, cl, **settings) for mode in modes if mode != "onnx"]
-        if "onnx" in modes:
-            plan.append(Measurement(text, "onnx", "fp32", None, **settings))
+                config_modes = tuple(m for m in modes if m != "onnx" or first)
+                if config_modes:
+                    plan.append(BenchConfig(text, config_modes, precision, cl, **settings))
+                first = False
     return plan
 
 
@@ -676,11 +738,11 @@ def run_bench(
         device=device,
         compile_backend=compile_backend,
     )
-    plan = plan_measurements(models, modes, precisions, channels_last, **settings)
+    plan = plan_configs(models, modes, precisions, channels_last, **settings)
     machine = machine_info(dev, threads)
     machine["loadavg_start"] = list(os.getloadavg())
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    needed = sorted({row.precision for row in plan})
+    needed = sorted({c.precision for c in plan} | ({"fp32"} if "onnx" in modes else set()))
 
     def measure_peaks() -> None:
         for p in needed:
@@ -693,26 +755,21 @@ def run_bench(
         default_precision=default_precision(dev),
     )
     measure_peaks()
-    rounds: list[list[dict[str, Any]]] = [[] for _ in plan]
+    rounds: list[list[list[dict[str, Any]]]] = [[] for _ in plan]
     for repeat in range(1, repeats + 1):
-        for index, m in enumerate(plan):
+        for index, c in enumerate(plan):
             if progress:
-                cl = "-" if m.channels_last is None else ("channels_last" if m.channels_last else "NCHW")
-                progress(f"[{repeat}/{repeats}: {index + 1}/{len(plan)}] {m.model} {m.mode} {m.precision} {cl}")
-            if isolate:
-                row = measure_isolated(m, timeout)
-            else:
-                start = time.perf_counter()
-                try:
-                    row = measure(m)
-                except Exception as err:  # a failing model must not stop the other measurements
-                    row = _failed_row(m, f"{type(err).__name__}: {err}", time.perf_counter() - start)
-            rounds[index].append(row)
-    for rows in rounds:
-        ok = [row for row in rows if row["status"] == "ok"]
-        best = max(ok, key=lambda row: row["images_per_s"]) if ok else rows[-1]
-        best["images_per_s_rounds"] = [row["images_per_s"] for row in ok]
-        report.results.append(best)
+                cl = "channels_last" if c.channels_last else "NCHW"
+                progress(
+                    f"[{repeat}/{repeats}: {index + 1}/{len(plan)}] {c.model} {c.precision} {cl}: {' '.join(c.modes)}"
+                )
+            rounds[index].append(measure_isolated(c, timeout) if isolate else _measure_in_process(c))
+    for config_rounds in rounds:
+        for mode_rows in zip(*config_rounds):  # the same mode in each round
+            ok = [row for row in mode_rows if row["status"] == "ok"]
+            best = max(ok, key=lambda row: row["images_per_s"]) if ok else mode_rows[-1]
+            best["images_per_s_rounds"] = [row["images_per_s"] for row in ok]
+            report.results.append(best)
     measure_peaks()
     report.peak_gflop_per_s = {p: max(runs) for p, runs in report.peak_gflop_per_s_runs.items()}
     for row in report.results:
@@ -737,7 +794,7 @@ def format_table(report: BenchReport) -> str:
     ``vs eager fp32``: images/s ÷ those of plain eager PyTorch in fp32 for the same model: its ``train`` row for
     training, its ``infer`` row for infer/compile/onnx; NCHW where measured, else channels_last.
     ``Δ MB``: peak memory − memory at the start of the measured span (activations, gradients, optimiser state,
-    workspaces; see :class:`Measurement`).
+    workspaces; see :class:`BenchConfig`).
     """
     s = report.settings
     peaks = ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in report.peak_gflop_per_s.items())
@@ -780,7 +837,7 @@ def _worker(argv: Sequence[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m predec.bench MEASUREMENT_JSON OUT_JSON", file=sys.stderr)
         return 2
-    row = measure(Measurement(**json.loads(argv[0])))
+    row = measure(BenchConfig(**json.loads(argv[0])))
     Path(argv[1]).write_text(json.dumps(row))
     return 0
 

@@ -10,6 +10,7 @@ import torch
 from predec.bench import (
     MODES,
     RESULT_FIELDS,
+    BenchConfig,
     BenchReport,
     ModelSpec,
     bf16_runs,
@@ -18,6 +19,7 @@ from predec.bench import (
     format_table,
     matmul_peak_flops,
     parse_model_spec,
+    plan_configs,
     run_bench,
 )
 from predec.cli import main
@@ -110,6 +112,19 @@ def test_failed_measurement_is_reported_not_raised() -> None:
     assert row["status"] == "failed" and "divisible" in row["error"]
     assert set(RESULT_FIELDS) <= set(row)
     assert "failed" in format_table(report)
+
+
+def test_plan_groups_modes_per_configuration() -> None:
+    plan = plan_configs([TINY, "fpn:test_resnet"], MODES, ["fp32", "bf16"], [False, True], threads=1)
+    assert len(plan) == 2 * 2 * 2
+    assert [c.modes for c in plan[:4]] == [MODES] + [("train", "infer", "compile")] * 3  # onnx once per model
+    assert {(c.precision, c.channels_last) for c in plan[:4]} == {
+        ("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="mode"):
+        BenchConfig(TINY, ("training",))
+    with pytest.raises(ValueError, match="steps"):
+        BenchConfig(TINY, ("infer",), steps=0)
 
 
 def test_repeats_keep_the_fastest_round() -> None:

@@ -11,9 +11,10 @@ reference). Weights are random: speed does not depend on them, and nothing is do
 Modes: train (forward + loss + backward + AdamW step), infer (eager, inference_mode), compile (torch.compile, mode
 default; compile time in "setup s"), onnx (fp32 export run by ONNX Runtime; export + session time in "setup s").
 Precision bf16 = bf16-mixed (autocast). The table's header gives the matmul peak measured in the same run, against
-which MFU is computed, and the precision predec trains with by default on this device. Every measurement runs in a
-fresh process; "peak MB" is its resident-set high-water mark over the measured steps (CUDA: max allocated).
-Definitions: docs/benchmarks.md.
+which MFU is computed, and the precision predec trains with by default on this device. Each configuration (model ×
+precision × memory format) runs in a fresh process; "peak MB" is its resident-set high-water mark over a mode's
+measured steps (CUDA: max allocated), "Δ MB" what those steps added. --repeats R interleaves R rounds and keeps each
+measurement's fastest. Definitions: docs/benchmarks.md.
 
 Default: the four DEFAULT_MODELS (two ×Net encoder×decoder pairs, FPN, U-Net) at 128×128, batch 2, modes train,
 infer and onnx, fp32 and bf16 (where bf16 runs), channels_last on.
