@@ -320,7 +320,9 @@ def run(rank, port):
     model = nn.parallel.DistributedDataParallel(Parts())
     for _ in range(2):
         model(torch.full((2, 3), rank + 1.0), torch.full((2, 3), 10.0 * (rank + 1))).backward()
-        print(rank, model.module.lin.weight.grad.tolist(), flush=True)
+        # one write per line: two ranks share the pipe, and print() writes the text and the newline separately
+        sys.stdout.write(f"{rank} {model.module.lin.weight.grad.tolist()}\\n")
+        sys.stdout.flush()
         model.module.lin.weight.grad = None
     dist.destroy_process_group()
 

@@ -44,10 +44,9 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
 
 
 def test_two_processes_use_global_negatives_and_center(tmp_path):
-    # fork: the children inherit the imported modules (a spawned child re-imports predec, ~10 s of CPU each)
-    start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    # spawn, not fork: once the test process has run autograd (earlier tests did), a forked child's backward fails
     args = (str(tmp_path / "store"), str(tmp_path))
-    mp.start_processes(_worker, args=args, nprocs=WORLD, join=True, start_method=start_method)
+    mp.start_processes(_worker, args=args, nprocs=WORLD, join=True, start_method="spawn")
     results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(WORLD)]
     data = _global_batch()
     queries = data["queries"].clone().requires_grad_()
