@@ -47,6 +47,48 @@ def test_export_cli_xnet_from_save_pretrained_dir(tmp_path, capsys):
     assert "neither a save_pretrained directory" in capsys.readouterr().err
 
 
+def test_export_cli_from_train_checkpoint(tmp_path, capsys):
+    """A ``predec train`` .ckpt exports the model of the recipe it records, with the run's trained weights."""
+    run_dir = tmp_path / "run"
+    overrides = [
+        "model.encoder=test_resnet",
+        "model.decoder_kwargs={channels: 16}",
+        "data.num_train=2",
+        "data.num_val=2",
+        "data.image_size=[32, 32]",
+        "data.batch_size=2",
+        "data.eval_batch_size=2",
+        "trainer.max_steps=2",
+        "trainer.val_every_n_steps=null",
+        "trainer.log_every_n_steps=1",
+        "trainer.progress_bar=false",
+        "trainer.precision=32-true",
+        "schedule.warmup_steps=1",
+    ]
+    assert main(["train", "--config", "dense/synth_seg_fpn", "--run-dir", str(run_dir), *overrides]) == 0
+    capsys.readouterr()
+    onnx_file = tmp_path / "fpn.onnx"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    code = main(["export", "--checkpoint", str(checkpoint), "--onnx", str(onnx_file), "--size", "64", "64"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert " ok" in out
+    trained = predec.from_pretrained(run_dir / "model").eval()  # the same run's save_pretrained model
+    assert trained.config["num_classes"] == 6 and trained.config["channels"] == 16
+    assert check_onnx(trained, onnx_file, size=(64, 96), batch_size=1) <= 1e-4
+
+
+def test_export_cli_refuses_pretraining_checkpoint(tmp_path, capsys):
+    """A ``predec pretrain`` checkpoint (teacher/student weights) is not a dense model: exit 2, say what to do."""
+    path = tmp_path / "last.ckpt"
+    state = {f"{role}.encoder.conv1.weight": torch.zeros(4, 3, 3, 3) for role in ("student", "teacher")}
+    torch.save({"state_dict": state, "global_step": 1}, path)
+    assert main(["export", "--checkpoint", str(path), "--onnx", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "pre-training checkpoint" in err and "fine-tune" in err and "save_pretrained" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_compile_captures_every_arch_as_one_graph(arch):
     """Dynamo captures the whole model without graph breaks (the architecture-dependent part of torch.compile)."""

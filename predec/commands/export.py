@@ -2,11 +2,13 @@
 
   predec export --checkpoint CKPT --onnx FILE [--size H W] [--opset N] [--dynamo] [--no-check] [--atol X]
 
-CKPT: a save_pretrained directory (config.json + model.safetensors) or a .safetensors file with config.json beside
-it. The ONNX graph has input "image" (batch, channels, height, width), normalised like the training images, and
-output "output" (depth in metres, or segmentation logits). Height and width must be multiples of the model's
-output stride. After export the file is run with onnxruntime at a second size (H + stride, W + 2·stride, batch 2)
-and compared with PyTorch; exit code 1 if the max abs difference exceeds --atol, 2 on bad input.
+CKPT: a predec train checkpoint (.ckpt: the model is rebuilt from the recipe it records), a save_pretrained
+directory (config.json + model.safetensors) or a .safetensors file with config.json beside it. A predec pretrain
+checkpoint is refused: fine-tune a dense model from it first. The ONNX graph has input "image" (batch, channels,
+height, width), normalised like the training images, and output "output" (depth in metres, or segmentation logits).
+Height and width must be multiples of the model's output stride. After export the file is run with onnxruntime at
+a second size (H + stride, W + 2·stride, batch 2) and compared with PyTorch; exit code 1 if the max abs difference
+exceeds --atol, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``export`` options to ``parser``."""
-    parser.add_argument("--checkpoint", required=True, type=Path, help="save_pretrained dir or .safetensors file")
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="predec train .ckpt, save_pretrained dir or .safetensors file"
+    )
     parser.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
     parser.add_argument(
         "--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="example input size (256 256)"
@@ -37,15 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from predec.models.export import check_onnx, export_onnx
 
     checkpoint = Path(args.checkpoint)
-    if checkpoint.suffix == ".ckpt":
-        print(
-            f"predec export: error: {checkpoint} is a training checkpoint; export reads a save_pretrained directory "
-            "or a .safetensors file with config.json beside it.",
-            file=sys.stderr,
-        )
-        return 2
     try:
-        model = predec.from_pretrained(checkpoint)
+        if checkpoint.suffix == ".ckpt":  # predec train: the model of the recipe the checkpoint records
+            from predec.engine.runner import load_dense_checkpoint, load_inference_module
+
+            model = load_inference_module(load_dense_checkpoint(checkpoint)).model
+        else:
+            model = predec.from_pretrained(checkpoint)
         path = export_onnx(model, args.onnx, size=tuple(args.size), opset=args.opset, dynamo=args.dynamo)
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"predec export: error: {err}", file=sys.stderr)

@@ -86,26 +86,19 @@ def _predict(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from predec.config import DenseConfig, from_dict, to_dict
+    from predec.config import to_dict
     from predec.data.io import read_image, write_depth, write_label
     from predec.data.sample import make_sample
     from predec.data.transforms import eval_transform
-    from predec.engine.dense import DenseModule
-    from predec.engine.runner import describe_model, load_dense_checkpoint, load_state_checked, model_config_of
+    from predec.engine.runner import inference_config, load_dense_checkpoint, load_inference_module
 
     checkpoint = load_dense_checkpoint(args.checkpoint)
-    if checkpoint.config is not None:
-        config = from_dict(DenseConfig, checkpoint.config)
-    else:
-        config = DenseConfig(model=model_config_of(checkpoint))
-    config.model.encoder_weights = config.model.decoder_weights = None
+    config = inference_config(checkpoint)
     if args.flip:
         config.eval.flip = True
     if args.resize:
         config.eval.resize = list(args.resize)
-    config.trainer.channels_last = False
-    module = DenseModule(config, build_weights=False)
-    load_state_checked(module.model, checkpoint, describe_model(config.model))
+    module = load_inference_module(checkpoint, config)
     auto_device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto_device if args.device == "auto" else args.device)
     module = module.to(device).eval()

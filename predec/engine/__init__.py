@@ -6,7 +6,8 @@
 - :mod:`~predec.engine.trainer`: the ``lightning.Trainer`` from the config (precision, devices, loggers).
 - :mod:`~predec.engine.datamodule`: datasets and deterministic step-indexed sampling.
 - :mod:`~predec.engine.dense`: the LightningModule (model, losses, metrics, test-time inference).
-- :mod:`~predec.engine.runner`: ``train_dense``, ``evaluate_dense``, ``load_dense_checkpoint``.
+- :mod:`~predec.engine.runner`: ``train_dense``, ``evaluate_dense``, ``load_dense_checkpoint``,
+  ``load_inference_module``.
 """
 
 from predec.engine.checkpoint import AtomicCheckpointIO, RNGStateCallback, read_checkpoint
@@ -19,7 +20,9 @@ from predec.engine.runner import (
     RunExistsError,
     TrainResult,
     evaluate_dense,
+    inference_config,
     load_dense_checkpoint,
+    load_inference_module,
     resolve_resume,
     train_dense,
 )
@@ -42,7 +45,9 @@ __all__ = [
     "check_finite_loss",
     "default_precision",
     "evaluate_dense",
+    "inference_config",
     "load_dense_checkpoint",
+    "load_inference_module",
     "read_checkpoint",
     "resolve_precision",
     "resolve_resume",

@@ -114,8 +114,9 @@ def load_dense_checkpoint(path: str | Path) -> DenseCheckpoint:
         raise ValueError(f"Checkpoint {path} holds no state dict of tensors (looked at 'state_dict', 'model', top).")
     if any(k.startswith(("teacher.", "student.")) for k in state):
         raise ValueError(
-            f"{path} is a pre-training checkpoint (teacher/student weights), not a dense model: use it to initialise "
-            f"one, e.g. model.encoder_weights={path} model.decoder_weights={path} in a train recipe."
+            f"{path} is a pre-training checkpoint (teacher/student weights), not a dense model: fine-tune one from "
+            f"it first (predec train with model.encoder_weights={path} model.decoder_weights={path}), then use that "
+            "run's checkpoints/last.ckpt or its save_pretrained model/ directory."
         )
     if any(k.startswith("model.") for k in state):
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
@@ -361,8 +362,49 @@ def default_eval_dir(checkpoint_path: Path, config: DenseConfig) -> Path:
 
 
 def model_config_of(checkpoint: DenseCheckpoint) -> ModelConfig:
-    """The checkpoint's model settings as a :class:`ModelConfig` (weights specs cleared)."""
+    """The checkpoint's model settings as a :class:`ModelConfig` (weights specs cleared).
+
+    Raises:
+        ConfigError: the checkpoint records no model settings (a bare state dict).
+    """
     if checkpoint.model_config is None:
-        raise ConfigError(f"Checkpoint {checkpoint.path} does not record its model settings; pass --config.")
+        raise ConfigError(
+            f"Checkpoint {checkpoint.path} does not record its model settings (a bare state dict); use a predec "
+            "train .ckpt, a save_pretrained directory, or a .safetensors file with config.json beside it."
+        )
     fields = {**checkpoint.model_config, "encoder_weights": None, "decoder_weights": None}
     return from_dict(ModelConfig, fields)
+
+
+def inference_config(checkpoint: DenseCheckpoint) -> DenseConfig:
+    """The recipe to run ``checkpoint`` with: its own (``predec train`` checkpoints), else the defaults around its
+    model settings; weight specs cleared (the checkpoint's weights replace them) and ``channels_last`` off.
+
+    Raises:
+        ConfigError: the checkpoint records neither a recipe nor model settings.
+    """
+    if checkpoint.config is not None:
+        config = from_dict(DenseConfig, checkpoint.config)
+    else:
+        config = DenseConfig(model=model_config_of(checkpoint))
+    config.model.encoder_weights = config.model.decoder_weights = None
+    config.trainer.channels_last = False
+    return config
+
+
+def load_inference_module(checkpoint: DenseCheckpoint, config: DenseConfig | None = None) -> DenseModule:
+    """A :class:`DenseModule` holding the checkpoint's weights, in eval mode (on the CPU).
+
+    Args:
+        checkpoint: from :func:`load_dense_checkpoint`.
+        config: the recipe (default :func:`inference_config`); its model settings must fit the checkpoint.
+            ``module.model`` is the ``DenseModel``; ``module.inference`` applies ``config.eval``.
+
+    Raises:
+        ConfigError: no recipe or model settings recorded and ``config`` not given.
+        ValueError: the weights do not fit the model (keys or shapes named).
+    """
+    config = inference_config(checkpoint) if config is None else config
+    module = DenseModule(config, build_weights=False)
+    load_state_checked(module.model, checkpoint, describe_model(config.model))
+    return module.eval()
