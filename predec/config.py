@@ -3,7 +3,7 @@
 A recipe is a YAML mapping whose keys mirror a schema dataclass (:class:`DenseConfig` for ``predec train`` /
 ``eval`` / ``predict``; the pre-training engine defines its own schema from the same parts). Loading:
 
-1. the YAML file is read (a name such as ``synth/depth_xnet`` is looked up among the recipes shipped in
+1. the YAML file is read (a name such as ``dense/synth_depth_xnet`` is looked up among the recipes shipped in
    ``predec/configs``; ``.yaml`` may be left out);
 2. overrides ``a.b=c`` are applied, each value parsed with ``yaml.safe_load`` (``optim.lr=1e-4``,
    ``eval.scales=[0.5,1.0]``, ``model.decoder=null``);
@@ -304,7 +304,7 @@ def recipes_dir() -> Path:
 
 
 def list_recipes() -> list[str]:
-    """Names of the shipped recipes, relative to :func:`recipes_dir` without ``.yaml`` (``synth/depth_xnet``)."""
+    """Names of the shipped recipes, relative to :func:`recipes_dir` without ``.yaml`` (``dense/synth_depth_xnet``)."""
     root = recipes_dir()
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 
@@ -313,7 +313,7 @@ def find_recipe(name_or_path: str | Path) -> Path:
     """Resolve a recipe argument to a file.
 
     Args:
-        name_or_path: an existing path, or a shipped recipe name (``synth/depth_xnet``, ``.yaml`` optional; a
+        name_or_path: an existing path, or a shipped recipe name (``dense/synth_depth_xnet``, ``.yaml`` optional; a
             leading ``configs/`` is accepted too).
 
     Returns:

@@ -113,6 +113,17 @@ def test_shipped_recipes_found_by_name():
         find_recipe("no/such_recipe")
 
 
+def test_list_shows_each_commands_own_recipes(capsys):
+    """``predec train --list`` lists the dense recipes only, ``predec pretrain --list`` the pre-training ones."""
+    from predec.cli import main
+
+    for command, prefix in (("train", "dense/"), ("pretrain", "pretrain/")):
+        assert main([command, "--list"]) == 0
+        listed = capsys.readouterr().out.split()
+        assert listed == [name for name in list_recipes() if name.startswith(prefix)]
+        assert listed and all(name.startswith(prefix) for name in listed)
+
+
 def test_bad_yaml_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: [unclosed\n")

@@ -29,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
     parser.add_argument(
-        "--dynamo", action="store_true", help="use torch's dynamo exporter (slower; needed e.g. for ViT encoders)"
+        "--dynamo",
+        action="store_true",
+        help="use torch's dynamo exporter instead of the TorchScript one (much slower; for operators the TorchScript "
+        "exporter lacks; ViT encoders are supported by neither)",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted abs difference (default 1e-4)")

@@ -37,10 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const="last",
         default=None,
         metavar="CKPT",
-        help="resume from CKPT, or without a value from the run directory's last checkpoint "
-        "(an interrupted run directory is resumed automatically anyway)",
+        help="resume from CKPT, or from the run directory's last checkpoint without a value (or with 'last'; "
+        "place --resume after the overrides); an interrupted run directory is resumed automatically anyway",
     )
-    parser.add_argument("--overwrite", action="store_true", help="train again in a run directory that has finished")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start from scratch, discarding the run directory's checkpoints (finished or interrupted)",
+    )
     parser.add_argument("--list", action="store_true", help="list the shipped pre-training recipes and exit")
     parser.add_argument("--export", choices=EXPORT_FORMATS, help="convert --checkpoint to this layout instead")
     parser.add_argument("--checkpoint", type=Path, help="--export: a pre-training last.ckpt or weights.safetensors")
@@ -68,6 +72,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Pre-train or export; exit codes: 0 done, 1 stopped on NaN/Inf, 2 bad input."""
+    if args.list:
+        print("\n".join(name for name in list_recipes() if name.startswith("pretrain/")))
+        return 0
+    if args.export:
+        return _export(args)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from predec.data.io import DataError
@@ -75,11 +84,6 @@ def run(args: argparse.Namespace) -> int:
     from predec.engine.runner import RunExistsError
     from predec.pretrain.module import PretrainConfig, run_pretraining
 
-    if args.list:
-        print("\n".join(name for name in list_recipes() if name.startswith("pretrain/")))
-        return 0
-    if args.export:
-        return _export(args)
     if not args.config:
         print("predec pretrain: error: --config RECIPE is required (see --list), or --export", file=sys.stderr)
         return 2

@@ -34,21 +34,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="start from scratch, discarding the run directory's checkpoints"
     )
-    parser.add_argument("--list", action="store_true", help="list the shipped recipes and exit")
+    parser.add_argument("--list", action="store_true", help="list the shipped dense recipes (dense/...) and exit")
     parser.add_argument("overrides", nargs="*", metavar="key.subkey=value", help="config overrides (YAML values)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Train; print the run directory and final metrics. Exit codes: 0 done, 1 stopped on NaN/Inf, 2 bad input."""
+    if args.list:
+        print("\n".join(name for name in list_recipes() if name.startswith("dense/")))
+        return 0
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from predec.data.io import DataError
     from predec.engine.guards import NonFiniteLossError
     from predec.engine.runner import RunExistsError, train_dense
 
-    if args.list:
-        print("\n".join(list_recipes()))
-        return 0
     if not args.config:
         print("predec train: error: --config RECIPE is required (see --list for the shipped recipes)", file=sys.stderr)
         return 2
