@@ -273,3 +273,27 @@ def test_synthobjects_labels_match_classes():
     assert image.dtype == torch.float32 and label == 2
     with pytest.raises(IndexError):
         shapes[4]
+
+
+def test_instances_with_equal_settings_share_rendered_samples(monkeypatch):
+    calls = []
+    real_render = synthetic.render_scene
+    monkeypatch.setattr(synthetic, "render_scene", lambda *a, **k: calls.append(a[:2]) or real_render(*a, **k))
+    monkeypatch.setattr(synthetic, "_SHARED_CACHES", type(synthetic._SHARED_CACHES)())
+    first = SynthScenes(3, size=(16, 16), seed=5)
+    first[0], first[1]
+    second = SynthScenes(10, size=(16, 16), seed=5)  # another length, same settings: same samples
+    np.testing.assert_array_equal(second[1]["image"].numpy(), first[1]["image"].numpy())
+    assert calls == [(5, 0), (5, 1)]
+    SynthScenes(3, size=(16, 16), seed=5, noise_std=0.0)[0]  # other settings render their own
+    SynthScenes(3, size=(16, 16), seed=5, cache=False)[0]
+    SynthScenes(3, size=(16, 16), seed=5, cache=False)[0]
+    assert calls == [(5, 0), (5, 1), (5, 0), (5, 0), (5, 0)]
+
+
+def test_the_shared_cache_keeps_only_the_most_recent_settings(monkeypatch):
+    monkeypatch.setattr(synthetic, "_SHARED_CACHES", type(synthetic._SHARED_CACHES)())
+    for seed in range(synthetic.SHARED_CACHE_DATASETS + 2):
+        SynthObjects(2, size=8, seed=seed)[0]
+    assert len(synthetic._SHARED_CACHES) == synthetic.SHARED_CACHE_DATASETS
+    assert ("objects", 0, (8, 8), "shape", 0.01) not in synthetic._SHARED_CACHES

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,23 @@ _FLOOR, _FIRST_OBJECT = 0, 5  # surface ids: 0 floor, 1..4 walls (x = -X, +X, y 
 _NOISE_LATTICE = 16  # value-noise lattice period (cells)
 _SHADOW_EPS = 1e-3  # metres; shadow rays start this far along the light to avoid self-hits
 _OBJECT_STREAM = 1  # extra seed word that keeps SynthObjects' random streams apart from SynthScenes'
+SHARED_CACHE_DATASETS = 8
+"""Rendered samples are shared by the data sets of one process with equal settings; this many settings are kept."""
+_SHARED_CACHES: OrderedDict[Hashable, dict[int, Any]] = OrderedDict()
+
+
+def _shared_cache(key: Hashable) -> dict[int, Any]:
+    """The sample cache of the data-set settings ``key``, shared by every instance of this process with them.
+
+    Sample i depends only on (seed, i, size, options), not on the data set's length, so a new instance with the same
+    settings (another training run in the same process, say) reuses what an earlier one rendered. The caches of the
+    ``SHARED_CACHE_DATASETS`` most recently used settings are kept; older ones are dropped.
+    """
+    cache = _SHARED_CACHES.pop(key, None)
+    _SHARED_CACHES[key] = cache = {} if cache is None else cache
+    while len(_SHARED_CACHES) > SHARED_CACHE_DATASETS:
+        _SHARED_CACHES.popitem(last=False)
+    return cache
 
 
 @dataclass(frozen=True)
@@ -689,8 +707,8 @@ class SynthScenes(torch.utils.data.Dataset):
         size: (H, W) in pixels.
         seed: data-set seed; sample i is ``render_scene(seed, i, ...)``.
         transform: callable applied to the sample dict.
-        cache: keep rendered samples in memory (each is rendered once per process; DataLoader workers each
-            keep their own cache).
+        cache: keep rendered samples in memory, shared by the instances of this process with the same seed, size
+            and options (each sample is rendered once per process; DataLoader workers each keep their own).
         **render_options: ``noise_std`` and the fields of :class:`SceneOptions`.
     """
 
@@ -712,7 +730,8 @@ class SynthScenes(torch.utils.data.Dataset):
         self.noise_std = float(render_options.pop("noise_std", 0.01))
         SceneOptions.from_kwargs(render_options)  # fail now on bad options, not in a worker later
         self.render_options = render_options
-        self._cache: dict[int, SceneSample] = {}
+        key = ("scenes", self.seed, self.size, self.noise_std, repr(sorted(render_options.items())))
+        self._cache: dict[int, SceneSample] = _shared_cache(key) if cache else {}
 
     def __len__(self) -> int:
         return self.num
@@ -826,7 +845,8 @@ class SynthObjects(torch.utils.data.Dataset):
         seed: data-set seed; sample i is ``render_object(seed, i, ...)``.
         label_mode: ``"shape"`` (4 classes) or ``"shape_texture"`` (16 classes).
         transform: callable applied to the image (a ``tv_tensors.Image`` uint8 (3, H, W)).
-        cache: keep rendered images in memory.
+        cache: keep rendered images in memory, shared by the instances of this process with the same seed, size,
+            label mode and noise (as :class:`SynthScenes`).
         noise_std: Gaussian sensor noise, fraction of full scale.
 
     ``__getitem__`` returns ``(image, label)``.
@@ -847,7 +867,8 @@ class SynthObjects(torch.utils.data.Dataset):
         self.classes: list[str] = object_classes(label_mode)
         self.num, self.size, self.seed, self.label_mode = int(num), _check_size(size), int(seed), label_mode
         self.transform, self.cache, self.noise_std = transform, cache, float(noise_std)
-        self._cache: dict[int, tuple[np.ndarray, int]] = {}
+        key = ("objects", self.seed, self.size, self.label_mode, self.noise_std)
+        self._cache: dict[int, tuple[np.ndarray, int]] = _shared_cache(key) if cache else {}
 
     def __len__(self) -> int:
         return self.num
