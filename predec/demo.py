@@ -129,19 +129,21 @@ class ClassificationSettings:
         num_val: held-out images (the reported top-1 accuracy).
         image_size: side of the object images, pixels.
         label_mode: ``shape`` (4 classes) or ``shape_texture`` (16 classes).
+        crop_scale: RandomResizedCrop area range of the training crops (a small range keeps the object whole).
         max_steps: optimiser steps.
         batch_size: images per step.
         lr: AdamW learning rate.
         overrides: extra ``key=value`` settings passed to the pre-training function.
     """
 
-    num_train: int = 4000
-    num_val: int = 500
-    image_size: int = 64
+    num_train: int = 5000
+    num_val: int = 400
+    image_size: int = 48
     label_mode: str = "shape"
+    crop_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
     max_steps: int = 300
-    batch_size: int = 64
-    lr: float = 2e-3
+    batch_size: int = 32
+    lr: float = 3e-3
     overrides: list[str] = field(default_factory=list)
 
 
@@ -219,6 +221,7 @@ class DemoConfig:
         name: ``quick`` or ``full`` (shown in the report).
         encoder: timm backbone of every encoder.
         decoder: timm backbone of the ×Net decoder.
+        fpn_channels: width of every FPN (the DeCon-pre-trained ones and the fine-tuned ones; detectron2: 256).
         data_seed: seed of the generated data sets (objects, unlabeled, labelled and evaluation scenes).
         workers: stages run in parallel processes (1: in this process, with progress bars).
         threads_per_worker: torch threads of each worker.
@@ -230,6 +233,7 @@ class DemoConfig:
     name: str = "full"
     encoder: str = "resnet18"
     decoder: str = "resnet18"
+    fpn_channels: int = 256
     data_seed: int = 0
     workers: int = 2
     threads_per_worker: int = 1
@@ -330,7 +334,13 @@ def plan(config: DemoConfig) -> list[Stage]:
         if method not in sources:
             continue
         needs = (classification_stage_name(config.encoder),) if config.ssl.encoder_from_classification else ()
-        spec = {"method": method, "encoder": config.encoder, "data_seed": config.data_seed, **to_dict(config.ssl)}
+        spec = {
+            "method": method,
+            "encoder": config.encoder,
+            "fpn_channels": None if method == "slotcon" else config.fpn_channels,
+            "data_seed": config.data_seed,
+            **to_dict(config.ssl),
+        }
         stages.append(Stage(ssl_stage_name(method), "ssl", spec, needs))
     for task in config.finetune.tasks:
         for v in chosen:
@@ -355,6 +365,7 @@ def _finetune_settings(config: DemoConfig, task: str, v: Variant) -> dict[str, A
         "arch": v.arch,
         "encoder": config.encoder,
         "decoder": config.decoder if v.arch == "xnet" else None,
+        "fpn_channels": config.fpn_channels if v.arch == "fpn" else None,
         "encoder_source": v.encoder_source,
         "decoder_source": v.decoder_source,
         "data_seed": config.data_seed,
@@ -388,6 +399,8 @@ def finetune_config(spec: dict[str, Any], weights: dict[str, str | None], run_di
         "encoder_weights": weights.get("encoder"),
         "decoder_weights": weights.get("decoder"),
     }
+    if s.get("fpn_channels"):
+        model["decoder_kwargs"] = {"channels": s["fpn_channels"]}
     model.update({"num_classes": NUM_SCENE_CLASSES} if task == "segmentation" else {"max_depth": 10.0})
     recipe = {
         "name": run_dir.name,
@@ -504,7 +517,7 @@ def classification_recipe(spec: dict[str, Any], run_dir: Path, progress_bar: boo
             "synth_seed": 1000 * spec["data_seed"] + 20,
             "reader_kwargs": {"label_mode": spec["label_mode"]},
             "view_size": size,
-            "crop_scale": [0.5, 1.0],
+            "crop_scale": list(spec["crop_scale"]),
             "batch_size": spec["batch_size"],
             "eval_batch_size": 100,
         },
@@ -526,6 +539,7 @@ def ssl_recipe(spec: dict[str, Any], encoder_weights: str | None, run_dir: Path,
             "arch": None if method == "slotcon" else "fpn",
             "encoder": spec["encoder"],
             "encoder_weights": encoder_weights,
+            "decoder_kwargs": {} if method == "slotcon" else {"channels": spec["fpn_channels"]},
         },
         "ssl": {"num_prototypes": spec["num_prototypes"], "hidden_dim": spec["hidden_dim"], "out_dim": spec["dim"]},
         "data": {
