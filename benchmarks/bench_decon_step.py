@@ -4,20 +4,23 @@ Usage::
 
     python benchmarks/bench_decon_step.py [--precision bf16|fp32] [--steps 4] [--batch 8] [--size 224]
         [--prototypes 256] [--hidden 4096] [--alpha 0.5] [--skip-dropout 0.5] [--no-channels-last]
-        [--threads 2] [--count-flops] [--profile] [--json FILE]
+        [--threads 2] [--count-flops] [--profile] [--no-pin-mmap-threshold] [--json FILE]
 
 One step is exactly what ``predec pretrain`` runs per optimiser step with the ``decon_ml_coco_r50_fpn_800ep``
 settings (α 0.5, FPN skip channel dropout 0.5, K = 256, projectors 256 → 4096 → 4096 → 256 on C5 and on each of
-P2..P5): teacher EMA update, student forward of both views, teacher forward (no grad), the five SlotCon heads,
-backward, LARS step, scheduler step, on ``--batch`` random two-view batches of ``--size`` px with random overlap
-boxes and flips. Precision ``bf16`` is Lightning's ``bf16-mixed`` on CPU (``torch.autocast("cpu", bfloat16)``); the
-model and inputs are channels-last unless ``--no-channels-last``.
+P2..P5): teacher EMA update, teacher forward of both views (no grad), then per view the student forward, the
+five SlotCon heads and the backward of that view's part (``DeConModule.ssl_loss``), LARS step, scheduler step, on
+``--batch`` random two-view batches of ``--size`` px with random overlap boxes and flips. Precision ``bf16`` is
+Lightning's ``bf16-mixed`` on CPU (``torch.autocast("cpu", bfloat16)``); the model and inputs are channels-last
+unless ``--no-channels-last``; glibc's mmap threshold is pinned to 1 MiB as ``predec pretrain`` does
+(``--no-pin-mmap-threshold``: glibc's default, under which the resident memory creeps up).
 
-Reported per step: wall and process-CPU seconds, the peak resident memory *during that step* (``VmHWM`` reset
-before each step through ``/proc/self/clear_refs``; flat across steps = nothing accumulates) and the resident memory
-after it. Step 0 is a warm-up (allocator, oneDNN kernels) and is left out of the mean. ``--count-flops`` counts the
-FLOPs of step 0 with ``torch.utils.flop_counter``; ``--profile`` prints the operators of one extra step by CPU time.
-The 1-minute load average is printed before and after: run it alone (load < 3 on this 2-core machine).
+Reported per step: wall and process-CPU seconds (of which kernel: ``sys_s``, mostly page faults, counted in
+``minor_faults``), the peak resident memory *during that step* (``VmHWM`` reset before each step through
+``/proc/self/clear_refs``; flat across steps = nothing accumulates) and the resident memory after it. Step 0 is a
+warm-up (allocator, oneDNN kernels) and is left out of the mean. ``--count-flops`` counts the FLOPs of step 0 with
+``torch.utils.flop_counter``; ``--profile`` prints the operators of one extra step by CPU time. The 1-minute load
+average is printed before and after: run it alone (load < 3 on this 2-core machine).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 
 from predec.config import load_config
 from predec.engine.trainer import cpu_has_bf16
-from predec.pretrain.module import DeConModule, PretrainConfig
+from predec.pretrain.module import DeConModule, PretrainConfig, pin_mmap_threshold
 
 
 def _status_kib(field: str) -> int:
@@ -108,10 +111,17 @@ def main() -> None:
     parser.add_argument("--count-flops", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--no-pin-mmap-threshold",
+        dest="pin_mmap_threshold",
+        action="store_false",
+        help="keep glibc's dynamic mmap threshold (predec pretrain pins it to 1 MiB, see pin_mmap_threshold)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
+    pinned = pin_mmap_threshold() if args.pin_mmap_threshold else False  # as run_pretraining does
 
     module = build(args).train()
     optimizers = module.configure_optimizers()
@@ -134,6 +144,7 @@ def main() -> None:
     flops = None
     for index in range(total):
         can_reset = _reset_peak_rss()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         wall, cpu = time.perf_counter(), time.process_time()
         if index == 0 and args.count_flops:
             from torch.utils.flop_counter import FlopCounterMode
@@ -144,11 +155,14 @@ def main() -> None:
         else:
             loss, _ = step(index)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        after = resource.getrusage(resource.RUSAGE_SELF)
         peak = _status_kib("VmHWM") if can_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         record = {
             "step": index,
             "wall_s": round(wall, 2),
             "cpu_s": round(cpu, 2),
+            "sys_s": round(after.ru_stime - usage.ru_stime, 2),
+            "minor_faults": after.ru_minflt - usage.ru_minflt,
             "peak_rss_gib": round(peak / 2**20, 3),
             "rss_after_gib": round(_status_kib("VmRSS") / 2**20, 3),
             "loss": round(loss, 4),
@@ -176,11 +190,14 @@ def main() -> None:
         "alpha": args.alpha,
         "skip_dropout": args.skip_dropout,
         "levels": ["encoder", *module.levels] if module.alpha > 0 else list(module.levels),
+        "params_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 1),
+        "learnable_params_m": round(sum(p.numel() for _, p in module.learnable_params) / 1e6, 1),
         "mean_wall_s": round(sum(r["wall_s"] for r in timed) / max(len(timed), 1), 2),
         "peak_rss_gib_per_step": [r["peak_rss_gib"] for r in records],
         "max_peak_rss_gib": max(r["peak_rss_gib"] for r in records),
         "step0_tflop": None if flops is None else round(flops / 1e12, 3),
         "threads": args.threads,
+        "mmap_threshold_pinned": pinned,
         "load_1min_before": round(load_before, 2),
         "load_1min_after": round(os.getloadavg()[0], 2),
         "cpu": platform.processor() or platform.machine(),

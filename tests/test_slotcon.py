@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from predec.pretrain import (
     DenseProjector,
@@ -18,6 +19,7 @@ from predec.pretrain import (
     decon_loss,
     decon_momenta,
     group_loss,
+    heads,
     momentum_at,
     slot_validity,
     update_center,
@@ -44,7 +46,8 @@ def _conv_projector(projector: DenseProjector) -> nn.Sequential:
 
 @pytest.mark.parametrize("save_memory", [True, False])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_projector_rows_equal_conv_form(save_memory, channels_last):
+def test_projector_rows_equal_conv_form(save_memory, channels_last, monkeypatch):
+    monkeypatch.setattr(heads, "CHUNK_ELEMENTS", 16 * 7)  # 60 rows of width 16: 9 chunks, the last of 4 rows
     torch.manual_seed(0)
     projector = DenseProjector(6, 16, 5, save_memory=save_memory).double()
     with torch.no_grad():  # non-trivial BN affine parameters
@@ -79,7 +82,8 @@ def test_projector_rows_equal_conv_form(save_memory, channels_last):
         torch.testing.assert_close(projector(x), reference(x_ref))
 
 
-def test_projector_bf16_autocast_memory_saving_matches_plain():
+def test_projector_bf16_autocast_memory_saving_matches_plain(monkeypatch):
+    monkeypatch.setattr(heads, "CHUNK_ELEMENTS", 32 * 10)  # 72 rows of width 32: 8 chunks, the last of 2 rows
     torch.manual_seed(0)
     lean = DenseProjector(8, 32, 8, save_memory=True)
     plain = DenseProjector(8, 32, 8, save_memory=False)
@@ -98,6 +102,117 @@ def test_projector_bf16_autocast_memory_saving_matches_plain():
     for g_lean, g_plain in zip(*grads):
         assert g_lean.dtype == g_plain.dtype and torch.isfinite(g_lean).all()
         torch.testing.assert_close(g_lean, g_plain, atol=5e-2, rtol=5e-2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the teacher's path
+        out_lean, out_plain = lean(x), plain(x)
+    assert out_lean.dtype == out_plain.dtype == torch.bfloat16
+    torch.testing.assert_close(out_lean.float(), out_plain.float(), atol=2e-2, rtol=2e-2)
+    for name, buffer in lean.named_buffers():
+        torch.testing.assert_close(buffer, plain.get_buffer(name), atol=1e-3, rtol=1e-3)
+
+
+def _projector_pair(momentum: float | None) -> tuple[DenseProjector, DenseProjector]:
+    """A float64 memory-saving projector with non-trivial BN parameters and running statistics, and its plain twin."""
+    torch.manual_seed(0)
+    lean = DenseProjector(6, 16, 5, save_memory=True).double()
+    with torch.no_grad():
+        for norm in (lean.mlp[1], lean.mlp[4]):
+            norm.momentum = momentum
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+            norm.running_mean.uniform_(-1.0, 1.0)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.num_batches_tracked.fill_(3)
+        lean.mlp[6].bias.uniform_(-0.5, 0.5)
+    plain = copy.deepcopy(lean)
+    plain.save_memory = False
+    return lean, plain
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_chunked_projector_layers_equal_plain_modules(chunk_rows, momentum, monkeypatch):
+    """Chunked BN-GELU-Linear (1-row chunks, 7-row chunks with a ragged last one, one chunk) = nn.Sequential in fp64:
+    outputs, input and parameter gradients, running statistics over two steps; then the no-grad teacher path."""
+    monkeypatch.setattr(heads, "CHUNK_ELEMENTS", 16 * chunk_rows)
+    assert len(heads._spans(60, 16)) == math.ceil(60 / chunk_rows)  # the 60 rows of x, hidden width 16
+    lean, plain = _projector_pair(momentum)
+    for step in range(2):
+        x = (torch.randn(3, 6, 4, 5, dtype=torch.float64) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn(3, 5, 4, 5, dtype=torch.float64)
+        inputs = []
+        for projector in (lean, plain):
+            projector.zero_grad(set_to_none=True)
+            xi = x.clone().requires_grad_()
+            out = projector(xi)
+            out.backward(grad)
+            inputs.append((out.detach(), xi.grad))
+        tight = {"rtol": 1e-10, "atol": 1e-12}
+        torch.testing.assert_close(inputs[0][0], inputs[1][0], **tight)
+        torch.testing.assert_close(inputs[0][1], inputs[1][1], **tight)
+        for (name, p_lean), p_plain in zip(lean.named_parameters(), plain.parameters()):
+            assert p_lean.grad is not None, name
+            torch.testing.assert_close(p_lean.grad, p_plain.grad, **tight, msg=lambda m, n=name: f"{n}: {m}")
+        for name, buffer in lean.named_buffers():
+            torch.testing.assert_close(buffer, plain.get_buffer(name), **tight, msg=lambda m, n=name: f"{n}: {m}")
+        assert int(lean.mlp[1].num_batches_tracked) == 4 + step
+    with torch.no_grad():  # the teacher: train mode (batch statistics, running statistics updated), no gradient
+        x = torch.randn(2, 6, 5, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(lean(x), plain(x), rtol=1e-10, atol=1e-12)
+    for name, buffer in lean.named_buffers():
+        torch.testing.assert_close(buffer, plain.get_buffer(name), rtol=1e-10, atol=1e-12)
+    assert int(lean.mlp[4].num_batches_tracked) == 6
+
+
+class _LargeAllocations(TorchDispatchMode):
+    """Records the operators that create a new tensor (not a view) of at least ``numel`` elements."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor) and not tensor._is_view() and tensor.numel() >= self.numel:
+                self.ops.append(str(func))
+        return out
+
+
+def test_chunked_projector_keeps_one_hidden_sized_tensor(monkeypatch):
+    """Forward and backward of the memory-saving projector create one tensor of hidden size (h2, reused for the
+    gradients) where the plain modules create many; the teacher's no-grad forward the same one."""
+    monkeypatch.setattr(heads, "CHUNK_ELEMENTS", 16 * 7)
+    lean, plain = _projector_pair(0.1)
+    x = torch.randn(3, 6, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    hidden_size = 3 * 4 * 5 * 16
+    counts = {}
+    for name, projector in (("lean", lean), ("plain", plain)):
+        xi = x.clone().requires_grad_()
+        with _LargeAllocations(hidden_size) as forward:
+            out = projector(xi)
+        with _LargeAllocations(hidden_size) as backward:
+            out.square().sum().backward()
+        with torch.no_grad(), _LargeAllocations(hidden_size) as teacher:
+            projector(x)
+        counts[name] = (forward.ops, backward.ops, teacher.ops)
+    assert [len(ops) for ops in counts["lean"]] == [1, 0, 1], counts["lean"]  # h2
+    assert len(counts["plain"][0]) >= 6 and len(counts["plain"][1]) >= 4, counts["plain"]
+
+
+def test_chunked_projector_refuses_a_second_backward():
+    lean, _ = _projector_pair(0.1)
+    out = lean(torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="back-propagated twice"):
+        out.backward()
+
+
+def test_chunked_projector_rejects_a_single_row_in_training():
+    lean, plain = _projector_pair(0.1)
+    x = torch.randn(1, 6, 1, 1, dtype=torch.float64)
+    for projector in (lean, plain):
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            projector(x)
 
 
 def test_grouping_scores_and_slots_follow_the_formulas():

@@ -7,6 +7,8 @@ DeCon-ML pre-training step spends most of its time and memory.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,56 +43,258 @@ def _mlp(in_dim: int, hidden_dim: int, out_dim: int, *, bias_before_norm: bool) 
     return layers
 
 
-class _NormGeluLinear(torch.autograd.Function):
-    """``linear(gelu(batch_norm(h)))`` in training mode that saves only ``h`` for backward.
+CHUNK_ELEMENTS = 8 * 2**20
+"""Elements of one row-chunk temporary of the memory-saving projector (32 MiB in fp32): 2048 rows of a 4096-wide
+hidden layer. Inputs with fewer rows run as one chunk."""
 
-    The normalised and activated tensors (as large as ``h``) are recomputed in backward instead of being kept,
-    which divides the activation memory of a 4096-wide projector by three. Computation happens in the dtype
-    of ``h`` (bf16 under autocast, as the surrounding matmuls), BatchNorm statistics and affine parameters in
-    fp32 (the native mixed-precision kernels); running statistics are updated as ``nn.BatchNorm1d`` does.
+
+def _spans(rows: int, width: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` row ranges of the chunks of a ``width``-wide layer with ``rows`` rows."""
+    chunk = max(1, CHUNK_ELEMENTS // max(width, 1))
+    return [(start, min(start + chunk, rows)) for start in range(0, rows, chunk)]
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of BatchNorm statistics and per-chunk normalisation: fp32, or fp64 for fp64 inputs."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _momentum(norm: nn.BatchNorm1d) -> float:
+    """Count one more batch in ``norm`` and return its running-statistics momentum, as ``nn.BatchNorm1d`` does."""
+    norm.num_batches_tracked.add_(1)
+    if norm.momentum is None:  # cumulative moving average
+        return 1.0 / float(norm.num_batches_tracked)
+    return norm.momentum
+
+
+class _Workspace:
+    """Chunk-sized buffers reused by every chunk of one forward or backward call.
+
+    Allocating the per-chunk temporaries once per call instead of once per chunk avoids the page faults of fresh
+    allocations (under :func:`predec.pretrain.module.pin_mmap_threshold` every allocation of 1 MiB or more is a
+    fresh ``mmap``).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised (rows, cols) buffer named ``name`` (a view of the one allocated first, when it fits)."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != cols or buffer.dtype != dtype:
+            buffer = self._buffers[name] = torch.empty(rows, cols, dtype=dtype, device=self.device)
+        return buffer[:rows]
+
+
+def _batch_norm_stats(
+    chunks: Iterable[torch.Tensor],
+    rows: int,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    momentum: float,
+    eps: float,
+    work: _Workspace,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch mean and ``1 / sqrt(var + eps)`` of the rows of ``chunks`` (fp32, fp64 for fp64 inputs); updates the
+    running statistics as ``nn.BatchNorm1d`` (unbiased running variance).
+
+    Chunks are merged with Chan et al.'s pairwise formula, so one chunk is the largest temporary.
+    """
+    count, mean, m2 = 0, None, None
+    for chunk in chunks:
+        dtype = _stat_dtype(chunk.dtype)
+        if chunk.dtype != dtype:
+            chunk = work.get("stat", *chunk.shape, dtype).copy_(chunk)
+        var_part, mean_part = torch.var_mean(chunk, dim=0, correction=0)
+        size = chunk.shape[0]
+        if mean is None:
+            mean, m2 = mean_part, var_part * size
+        else:
+            delta = mean_part - mean
+            mean = mean + delta * (size / (count + size))
+            m2 = m2 + var_part * size + delta.square() * (count * size / (count + size))
+        count += size
+    assert mean is not None and m2 is not None and count == rows
+    var = m2 / rows
+    running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+    running_var.mul_(1.0 - momentum).add_((var * (rows / (rows - 1))).to(running_var.dtype), alpha=momentum)
+    return mean, torch.rsqrt(var + eps)
+
+
+def _mm(work: _Workspace, name: str, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left @ right`` into the workspace buffer ``name``."""
+    return torch.mm(left, right, out=work.get(name, left.shape[0], right.shape[1], left.dtype))
+
+
+def _normalise(work: _Workspace, part: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``batch_norm(part) = part·scale + shift`` computed in fp32 (or fp64), returned in ``part``'s dtype."""
+    normed = torch.addcmul(shift, part, scale, out=work.get("normed", *part.shape, scale.dtype))
+    if normed.dtype == part.dtype:
+        return normed
+    return work.get("normed_low", *part.shape, part.dtype).copy_(normed)
+
+
+def _gelu(work: _Workspace, normed: torch.Tensor) -> torch.Tensor:
+    """``gelu(normed)`` into a workspace buffer."""
+    return torch.ops.aten.gelu.out(normed, out=work.get("activated", *normed.shape, normed.dtype))
+
+
+def _gelu_grad(work: _Workspace, grad_out: torch.Tensor, weight: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+    """``d loss / d normed`` of ``linear(gelu(normed))`` from the linear layer's output gradient ``grad_out``."""
+    grad = _mm(work, "grad_activated", grad_out, weight)
+    return torch.ops.aten.gelu_backward.grad_input(grad, normed, grad_input=grad)
+
+
+def _xhat(work: _Workspace, part: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
+    """The normalised ``part`` before the affine parameters, in ``mean``'s dtype."""
+    return torch.sub(part, mean, out=work.get("xhat", *part.shape, mean.dtype)).mul_(invstd)
+
+
+def _add_matmul(work: _Workspace, total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """``total += left @ right``, the product in the operands' dtype and accumulated in ``total``'s."""
+    if total.dtype == left.dtype:
+        total.addmm_(left, right)
+    else:
+        total += _mm(work, "weight_grad", left, right)
+
+
+def _add_sums(sums: torch.Tensor, dy: torch.Tensor, xhat: torch.Tensor) -> None:
+    """``sums[0] += Σ_rows dy``, ``sums[1] += Σ_rows dy·x̂`` (BatchNorm backward's reductions; ``xhat`` is reused)."""
+    sums[0] += dy.sum(0, dtype=sums.dtype)
+    sums[1] += xhat.mul_(dy).sum(0)
+
+
+def _norm_input_grad(
+    work: _Workspace, dy: torch.Tensor, xhat: torch.Tensor, sums: torch.Tensor, rows: int, gain: torch.Tensor
+) -> torch.Tensor:
+    """BatchNorm's input gradient ``γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))`` of one chunk (``xhat`` is reused)."""
+    grad = torch.sub(dy, sums[0] / rows, out=work.get("grad_normed", *dy.shape, sums.dtype))
+    return grad.sub_(xhat.mul_(sums[1] / rows)).mul_(gain)
+
+
+def _projector_forward(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    norm1: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, float],
+    w2: torch.Tensor,
+    norm2: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, float],
+    w3: torch.Tensor,
+    b3: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``linear3(gelu(bn2(linear2(gelu(bn1(linear1(x)))))))`` in training mode, row chunk by row chunk.
+
+    ``h1 = x @ w1ᵀ`` is never materialised: each chunk is computed where needed (with ``C`` = 256 input channels a
+    recomputation costs 1/16 of the 4096 x 4096 layer). ``h2 = linear2(...)`` is the only full-size tensor.
+
+    Args:
+        x: (N, C) rows in the compute dtype.
+        w1, w2, w3, b3: the linear layers' parameters (hidden layers without bias).
+        norm1, norm2: ``(gamma, beta, running_mean, running_var, momentum, eps)``; running statistics updated.
+
+    Returns:
+        The output (N, out), ``h2`` (N, hidden) and the batch statistics ``(mean1, invstd1, mean2, invstd2)``.
+    """
+    rows = x.shape[0]
+    if rows < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+    spans, work = _spans(rows, w2.shape[0]), _Workspace(x.device)
+    w1t, w2t, w3t, b3 = w1.to(x.dtype).t(), w2.to(x.dtype).t(), w3.to(x.dtype).t(), b3.to(x.dtype)
+    gamma1, beta1, *running1 = norm1
+    gamma2, beta2, *running2 = norm2
+    h1_chunks = (_mm(work, "h1", x[a:b], w1t) for a, b in spans)
+    mean1, invstd1 = _batch_norm_stats(h1_chunks, rows, *running1, work)
+    scale1 = invstd1 * gamma1.to(invstd1.dtype)
+    shift1 = beta1.to(mean1.dtype) - mean1 * scale1
+    h2 = x.new_empty(rows, w2.shape[0])
+    for a, b in spans:
+        activated = _gelu(work, _normalise(work, _mm(work, "h1", x[a:b], w1t), scale1, shift1))
+        torch.mm(activated, w2t, out=h2[a:b])
+    mean2, invstd2 = _batch_norm_stats((h2[a:b] for a, b in spans), rows, *running2, work)
+    scale2 = invstd2 * gamma2.to(invstd2.dtype)
+    shift2 = beta2.to(mean2.dtype) - mean2 * scale2
+    out = x.new_empty(rows, w3.shape[0])
+    for a, b in spans:
+        torch.addmm(b3, _gelu(work, _normalise(work, h2[a:b], scale2, shift2)), w3t, out=out[a:b])
+    return out, h2, (mean1, invstd1, mean2, invstd2)
+
+
+class _ProjectorFunction(torch.autograd.Function):
+    """The dense projector in training mode with plain BatchNorms, saving only its input rows and ``h2``.
+
+    Forward and backward run over row chunks of :data:`CHUNK_ELEMENTS` elements: ``h2`` (N, hidden) is the only
+    tensor as large as a hidden activation, in forward and in backward, where it is overwritten by the gradient
+    with respect to ``h2`` and then by the one with respect to ``bn1``'s output (so the graph can be
+    back-propagated once: ``retain_graph`` is refused). ``h1``, the normalised and activated tensors are
+    recomputed per chunk, in chunk-sized buffers reused from chunk to chunk. Computation happens in the dtype of
+    the rows (bf16 under autocast, as the surrounding matmuls); BatchNorm statistics, normalisation and affine
+    parameters in fp32 (as the native mixed-precision kernels); the running statistics are updated as
+    ``nn.BatchNorm1d`` does.
     """
 
     @staticmethod
-    def forward(ctx, h, gamma, beta, running_mean, running_var, momentum, eps, weight, bias):
-        with torch.autocast(h.device.type, enabled=False):
-            normed, mean, invstd = torch.native_batch_norm(
-                h, gamma, beta, running_mean, running_var, True, momentum, eps
-            )
-            out = F.linear(F.gelu(normed), weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
-        ctx.save_for_backward(h, gamma, beta, mean, invstd, weight)
-        ctx.eps = eps
-        ctx.has_bias = bias is not None
+    def forward(ctx, x, w1, gamma1, beta1, mean1, var1, momentum1, eps1, w2, gamma2, beta2, mean2, var2, momentum2,
+                eps2, w3, b3):  # fmt: skip
+        norm1 = (gamma1, beta1, mean1, var1, momentum1, eps1)
+        norm2 = (gamma2, beta2, mean2, var2, momentum2, eps2)
+        out, h2, stats = _projector_forward(x, w1, norm1, w2, norm2, w3, b3)
+        ctx.save_for_backward(x, h2, w1, w2, w3, gamma1, beta1, gamma2, beta2, *stats)
+        ctx.consumed = False
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        h, gamma, beta, mean, invstd, weight = ctx.saved_tensors
-        with torch.autocast(h.device.type, enabled=False):
-            grad_out = grad_out.to(h.dtype)
-            normed, _, _ = torch.native_batch_norm(h, gamma, beta, None, None, True, 0.0, ctx.eps)
-            activated = F.gelu(normed)
-            grad_weight = (grad_out.t() @ activated).to(weight.dtype)
-            del activated
-            grad_bias = grad_out.sum(0).to(weight.dtype) if ctx.has_bias else None
-            grad_act = grad_out @ weight.to(h.dtype)
-            grad_normed = torch.ops.aten.gelu_backward(grad_act, normed)
-            del grad_act, normed
-            grad_h, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
-                grad_normed, h, gamma, None, None, mean, invstd, True, ctx.eps, [True, True, True]
+        if ctx.consumed:
+            raise RuntimeError(
+                "The memory-saving DenseProjector overwrites its saved activations in backward and cannot be "
+                "back-propagated twice (retain_graph); build it with save_memory=False for that."
             )
-        return grad_h, grad_gamma, grad_beta, None, None, None, None, grad_weight, grad_bias
-
-
-def _norm_gelu_linear(h: torch.Tensor, norm: nn.BatchNorm1d, linear: nn.Linear) -> torch.Tensor:
-    """Memory-saving ``linear(gelu(norm(h)))`` for a plain ``BatchNorm1d`` in training mode."""
-    if norm.num_batches_tracked is not None:
-        norm.num_batches_tracked.add_(1)
-    momentum = norm.momentum
-    if momentum is None:  # cumulative moving average, as nn.BatchNorm1d
-        momentum = 1.0 / float(norm.num_batches_tracked)
-    return _NormGeluLinear.apply(
-        h, norm.weight, norm.bias, norm.running_mean, norm.running_var, momentum, norm.eps, linear.weight, linear.bias
-    )
+        ctx.consumed = True
+        x, h2, w1, w2, w3, gamma1, beta1, gamma2, beta2, mean1, invstd1, mean2, invstd2 = ctx.saved_tensors
+        rows, dtype = x.shape[0], x.dtype
+        spans, work = _spans(rows, h2.shape[1]), _Workspace(x.device)
+        grad_out = grad_out.to(dtype)
+        w1h, w2h, w3h = w1.to(dtype), w2.to(dtype), w3.to(dtype)
+        w1t = w1h.t()
+        gain1, gain2 = invstd1 * gamma1.to(invstd1.dtype), invstd2 * gamma2.to(invstd2.dtype)
+        shift1, shift2 = beta1.to(mean1.dtype) - mean1 * gain1, beta2.to(mean2.dtype) - mean2 * gain2
+        sums1 = torch.zeros(2, h2.shape[1], dtype=mean1.dtype, device=x.device)  # Σ dy, Σ dy·x̂ of bn1
+        sums2 = torch.zeros_like(sums1)  # of bn2
+        grad_w1, grad_w2, grad_w3 = torch.zeros_like(w1), torch.zeros_like(w2), torch.zeros_like(w3)
+        grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+        # linear3 and bn2, pass 1: grad_w3 and bn2's sums (dy2 = d loss / d bn2(h2), not stored)
+        for a, b in spans:
+            normed = _normalise(work, h2[a:b], gain2, shift2)
+            _add_matmul(work, grad_w3, grad_out[a:b].t(), _gelu(work, normed))
+            dy = _gelu_grad(work, grad_out[a:b], w3h, normed)
+            _add_sums(sums2, dy, _xhat(work, h2[a:b], mean2, invstd2))
+        # bn2, pass 2: dy2 recomputed (a 256-wide product), d loss / d h2 written over h2
+        for a, b in spans:
+            dy = _gelu_grad(work, grad_out[a:b], w3h, _normalise(work, h2[a:b], gain2, shift2))
+            xhat = _xhat(work, h2[a:b], mean2, invstd2)
+            h2[a:b] = _norm_input_grad(work, dy, xhat, sums2, rows, gain2)
+        grad_h2 = h2
+        # linear2 and bn1, pass 1: grad_w2 and bn1's sums; dy1 written over grad_h2 (its chunk is used up)
+        for a, b in spans:
+            h1 = _mm(work, "h1", x[a:b], w1t)
+            normed = _normalise(work, h1, gain1, shift1)
+            _add_matmul(work, grad_w2, grad_h2[a:b].t(), _gelu(work, normed))
+            dy = _gelu_grad(work, grad_h2[a:b], w2h, normed)
+            _add_sums(sums1, dy, _xhat(work, h1, mean1, invstd1))
+            grad_h2[a:b] = dy
+        dy1 = grad_h2
+        # bn1, pass 2, and linear1: grad_w1 and grad_x per chunk
+        for a, b in spans:
+            xhat = _xhat(work, _mm(work, "h1", x[a:b], w1t), mean1, invstd1)
+            grad_h1 = _norm_input_grad(work, dy1[a:b], xhat, sums1, rows, gain1)
+            if grad_h1.dtype != dtype:
+                grad_h1 = work.get("grad_h1", *grad_h1.shape, dtype).copy_(grad_h1)
+            _add_matmul(work, grad_w1, grad_h1.t(), x[a:b])
+            torch.mm(grad_h1, w1h, out=grad_x[a:b])
+        grad_b3 = grad_out.sum(0, dtype=mean2.dtype).to(w3.dtype)
+        grads1 = (sums1[1].to(gamma1.dtype), sums1[0].to(beta1.dtype), None, None, None, None)
+        grads2 = (sums2[1].to(gamma2.dtype), sums2[0].to(beta2.dtype), None, None, None, None)
+        return grad_x, grad_w1, *grads1, grad_w2, *grads2, grad_w3, grad_b3
 
 
 class DenseProjector(nn.Module):
@@ -101,22 +305,34 @@ class DenseProjector(nn.Module):
     The hidden layers carry no bias: a bias before a BatchNorm is cancelled by its mean subtraction (the
     reference's are zero-initialised and receive zero gradient), so the function is the reference's.
 
-    In training mode with gradients enabled and plain ``nn.BatchNorm1d`` layers, ``save_memory`` keeps only the
-    pre-normalisation activations for backward and recomputes the rest (≈3x less activation memory, a few
-    extra element-wise passes). With ``nn.SyncBatchNorm`` (after ``convert_sync_batchnorm``), in eval mode or
-    without gradients (the teacher), the layers run as ordinary modules.
+    In training mode with plain ``nn.BatchNorm1d`` layers, ``save_memory`` runs the projector as one chunked
+    function (:class:`_ProjectorFunction`): one hidden-sized activation (``h2``) is kept for backward instead of
+    six (BN input, GELU input and linear input of both hidden layers), the rest is recomputed per row chunk (the
+    first layer's output too: 1/16 of the 4096 x 4096 layer's cost for 256 input channels), and no other
+    hidden-sized temporary exists in forward or backward. Without gradients (the teacher, in train mode) the same
+    chunked forward runs and saves nothing. With ``nn.SyncBatchNorm`` (after ``convert_sync_batchnorm``) or in
+    eval mode the layers run as ordinary modules.
 
     Args:
         in_dim: input channels C.
         hidden_dim: hidden width (4096 in the papers).
         out_dim: output channels D (256 in the papers).
-        save_memory: use the recomputing backward described above.
+        save_memory: use the chunked, recomputing function described above.
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, *, save_memory: bool = True) -> None:
         super().__init__()
         self.mlp = _mlp(in_dim, hidden_dim, out_dim, bias_before_norm=False)
         self.save_memory = save_memory
+
+    def _plain_layers(self) -> bool:
+        """Whether the layers are the ones :class:`_ProjectorFunction` computes: plain affine BatchNorm1d with
+        running statistics, hidden linear layers without bias."""
+        linear1, norm1, _, linear2, norm2, _, linear3 = self.mlp
+        norms_plain = all(
+            type(norm) is nn.BatchNorm1d and norm.affine and norm.track_running_stats for norm in (norm1, norm2)
+        )
+        return norms_plain and linear1.bias is None and linear2.bias is None and linear3.bias is not None
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """Args:
@@ -127,12 +343,21 @@ class DenseProjector(nn.Module):
         """
         batch, _, height, width = maps.shape
         rows = _rows(maps)
-        linear1, norm1, _, linear2, norm2, _, linear3 = self.mlp
-        plain_norms = type(norm1) is nn.BatchNorm1d and type(norm2) is nn.BatchNorm1d
-        if self.save_memory and self.training and torch.is_grad_enabled() and plain_norms:
-            hidden = linear1(rows)
-            hidden = _norm_gelu_linear(hidden, norm1, linear2)
-            out = _norm_gelu_linear(hidden, norm2, linear3)
+        if self.save_memory and self.training and self._plain_layers():
+            linear1, norm1, _, linear2, norm2, _, linear3 = self.mlp
+            device = rows.device.type
+            if torch.is_autocast_enabled(device):  # the dtype autocast would give the linear layers
+                rows = rows.to(torch.get_autocast_dtype(device))
+            norms = [(n.weight, n.bias, n.running_mean, n.running_var, _momentum(n), n.eps) for n in (norm1, norm2)]
+            with torch.autocast(device, enabled=False):
+                if torch.is_grad_enabled():
+                    out = _ProjectorFunction.apply(
+                        rows, linear1.weight, *norms[0], linear2.weight, *norms[1], linear3.weight, linear3.bias
+                    )
+                else:  # the teacher: same chunked forward, nothing saved
+                    out = _projector_forward(
+                        rows, linear1.weight, norms[0], linear2.weight, norms[1], linear3.weight, linear3.bias
+                    )[0]
         else:
             out = self.mlp(rows)
         return _maps(out, batch, height, width)
