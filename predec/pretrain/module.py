@@ -120,7 +120,7 @@ class SSLConfig:
         contrastive_temp: InfoNCE temperature (0.2).
         center_momentum: teacher-center EMA momentum (0.9).
         teacher_momentum: base momentum of the teacher EMA, rising to 1 on a cosine over the run (0.99).
-        save_memory: the projectors' recomputing backward (≈3× less activation memory).
+        save_memory: the projectors' chunked, recomputing forward/backward (one hidden-size tensor kept instead of six).
         quirk_shared_momentum_counter: reproduce quirk (a) of the public DeCon code: encoder and decoder EMA updates
             advance one shared counter (momentum on a 2K schedule). Off: both follow the K-step schedule.
         quirk_frozen_decoder_prototypes: reproduce quirk (b): the teacher's decoder prototypes are never
