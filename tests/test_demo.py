@@ -113,4 +113,5 @@ def test_quick_demo_end_to_end(tmp_path):
     assert 0.0 <= accuracy <= 1.0
     assert (tmp_path / "report.md").is_file()
     assert (tmp_path / "predictions_depth.png").is_file() and (tmp_path / "curves_segmentation.png").is_file()
-    assert seconds < 600, f"predec demo --quick took {seconds:.0f} s (budget: 180 s on 2 idle cores)"
+    # budget: 180 s on 2 idle cores (177 s measured at load 3.6, docs/demo.md); twice that allows a slower CI machine
+    assert seconds < 360, f"predec demo --quick took {seconds:.0f} s (budget: 180 s on 2 idle cores)"
