@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from predec.commands import add_run_arguments
 from predec.config import ConfigError, list_recipes, load_config
 
 EXPORT_FORMATS = ("timm", "detectron2", "mmseg")
@@ -29,23 +30,7 @@ EXPORT_FORMATS = ("timm", "detectron2", "mmseg")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``pretrain`` options to ``parser``."""
-    parser.add_argument("--config", help="recipe: a YAML file or a shipped recipe name (see --list)")
-    parser.add_argument("--run-dir", type=Path, help="run directory (default: <output_dir>/<name> of the recipe)")
-    parser.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=None,
-        metavar="CKPT",
-        help="resume from CKPT, or from the run directory's last checkpoint without a value (or with 'last'; "
-        "place --resume after the overrides); an interrupted run directory is resumed automatically anyway",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start from scratch, discarding the run directory's checkpoints (finished or interrupted)",
-    )
-    parser.add_argument("--list", action="store_true", help="list the shipped pre-training recipes and exit")
+    add_run_arguments(parser, "pre-training recipes")
     parser.add_argument("--export", choices=EXPORT_FORMATS, help="convert --checkpoint to this layout instead")
     parser.add_argument("--checkpoint", type=Path, help="--export: a pre-training last.ckpt or weights.safetensors")
     parser.add_argument("--out", type=Path, help="--export: output file")

@@ -13,28 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from predec.commands import add_run_arguments
 from predec.config import ConfigError, list_recipes, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options to ``parser``."""
-    parser.add_argument("--config", help="recipe: a YAML file or a shipped recipe name (see --list)")
-    parser.add_argument("--run-dir", type=Path, help="run directory (default: <output_dir>/<name> of the recipe)")
-    parser.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=None,
-        metavar="CKPT",
-        help="resume from CKPT, or from the run directory's last checkpoint without a value (or with 'last'; "
-        "place --resume after the overrides); an interrupted run directory is resumed automatically anyway",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="start from scratch, discarding the run directory's checkpoints"
-    )
-    parser.add_argument("--list", action="store_true", help="list the shipped dense recipes (dense/...) and exit")
+    add_run_arguments(parser, "dense recipes (dense/...)")
     parser.add_argument("overrides", nargs="*", metavar="key.subkey=value", help="config overrides (YAML values)")
 
 
