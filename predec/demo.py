@@ -166,11 +166,11 @@ class SSLSettings:
         overrides: extra ``key=value`` overrides of the pre-training recipe.
     """
 
-    num_images: int = 1000
-    image_size: int = 96
-    view_size: int = 64
-    max_steps: int = 200
-    batch_size: int = 32
+    num_images: int = 256
+    image_size: int = 64
+    view_size: int = 48
+    max_steps: int = 30
+    batch_size: int = 16
     num_prototypes: int = 16
     dim: int = 64
     hidden_dim: int = 256
@@ -202,20 +202,20 @@ class FinetuneSettings:
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     variants: list[str] = field(default_factory=lambda: list(VARIANT_NAMES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    num_train: int = 150
-    num_val: int = 300
+    num_train: int = 128
+    num_val: int = 100
     image_size: list[int] = field(default_factory=lambda: [64, 64])
-    max_steps: int = 150
-    batch_size: int = 16
+    max_steps: int = 40
+    batch_size: int = 8
     lr: float = 1e-3
     grid_images: int = 4
     keep_models: bool = False
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=lambda: ["loss.silog_lambda=0.0"])
 
 
 @dataclass
 class DemoConfig:
-    """Settings of ``predec demo``.
+    """Settings of ``predec demo``. The defaults are those of ``predec/configs/demo/full.yaml`` (tested).
 
     Attributes:
         name: ``quick`` or ``full`` (shown in the report).
@@ -233,7 +233,7 @@ class DemoConfig:
     name: str = "full"
     encoder: str = "resnet18"
     decoder: str = "resnet18"
-    fpn_channels: int = 256
+    fpn_channels: int = 128
     data_seed: int = 0
     workers: int = 2
     threads_per_worker: int = 1
@@ -269,6 +269,14 @@ def load_demo_config(source: str | Path, overrides: Sequence[str] = ()) -> DemoC
         variant(name)
     if not config.finetune.seeds:
         raise ConfigError(f"{path}: finetune.seeds is empty; give at least one seed.")
+    if config.fpn_channels < 1:
+        raise ConfigError(f"{path}: fpn_channels={config.fpn_channels}: need a width >= 1 (detectron2: 256).")
+    scale = list(config.classification.crop_scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(
+            f"{path}: classification.crop_scale={list(config.classification.crop_scale)}: need [low, high] with "
+            "0 < low <= high <= 1 (area fractions of the training crops)."
+        )
     if config.workers < 1 or config.threads_per_worker < 1:
         raise ConfigError(
             f"{path}: workers={config.workers}, threads_per_worker={config.threads_per_worker}: need >= 1."

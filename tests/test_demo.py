@@ -14,6 +14,7 @@ from predec.demo import (
     TASK_METRICS,
     VARIANT_NAMES,
     Demo,
+    DemoConfig,
     compare,
     load_demo_config,
     mean_std,
@@ -61,6 +62,14 @@ def test_plan_dependencies_and_bad_settings():
         load_demo_config("quick", ["finetune.seeds=[]"])
     with pytest.raises(ConfigError, match="Unknown config key"):
         load_demo_config("quick", ["finetune.stepz=3"])
+    with pytest.raises(ConfigError, match=r"classification\.crop_scale=\[0\.9, 0\.5\]"):
+        load_demo_config("quick", ["classification.crop_scale=[0.9, 0.5]"])
+    with pytest.raises(ConfigError, match="fpn_channels=0"):
+        load_demo_config("quick", ["fpn_channels=0"])
+
+
+def test_the_settings_defaults_are_the_shipped_full_settings():
+    assert load_demo_config("full") == DemoConfig()
 
 
 def test_failed_stage_is_reported_others_run_and_rerun_reuses_cache(tmp_path):
