@@ -187,15 +187,6 @@ class BenchConfig:
             )
 
 
-def cpu_name() -> str:
-    """The CPU model name (``/proc/cpuinfo`` "model name", else ``platform.processor()``)."""
-    with contextlib.suppress(OSError):
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags() -> set[str]:
     """The CPU feature flags of ``/proc/cpuinfo`` (``flags`` on x86, ``Features`` on aarch64); empty if unknown."""
     with contextlib.suppress(OSError):
@@ -647,6 +638,8 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
     """CPU/GPU name, bf16-relevant CPU flags, threads and library versions."""
     import onnxruntime
     import timm
+
+    from predec.engine.trainer import cpu_name
 
     flags = cpu_flags()
     info: dict[str, Any] = {

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "export": "export",
     "bench": "bench",
+    "zoo": "zoo",
 }
 
 

@@ -58,7 +58,7 @@ def _export(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Pre-train or export; exit codes: 0 done, 1 stopped on NaN/Inf, 2 bad input."""
     if args.list:
-        print("\n".join(name for name in list_recipes() if name.startswith("pretrain/")))
+        print("\n".join(name for name in list_recipes() if name.startswith(("pretrain/", "zoo/"))))
         return 0
     if args.export:
         return _export(args)

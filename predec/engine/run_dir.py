@@ -15,6 +15,7 @@ Files are written atomically (temp file + rename), so an interrupted run never l
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -159,3 +160,15 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def read_csv_metric(path: str | Path, column: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``column`` in a Lightning CSV log (rows without a value skipped)."""
+    steps, values = [], []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            value = row.get(column)
+            if value not in (None, "") and row.get("step") not in (None, ""):
+                steps.append(int(float(row["step"])))
+                values.append(float(value))
+    return steps, values

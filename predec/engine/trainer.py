@@ -8,7 +8,10 @@ AMX) and ``32-true`` elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import platform
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +39,15 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_name() -> str:
+    """The CPU model name (``/proc/cpuinfo`` "model name", else ``platform.processor()``)."""
+    with contextlib.suppress(OSError):
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    return platform.processor() or platform.machine()
 
 
 def uses_cuda(accelerator: str) -> bool:

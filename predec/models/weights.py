@@ -15,6 +15,8 @@ A *weight spec* is one of:
   (``"run/last.ckpt#student"``) for the student (``#teacher`` is the explicit default).
 - ``"hf-hub:org/repo"`` (optionally ``"hf-hub:org/repo/file.safetensors"``): the repo's ``model.safetensors``
   (else ``pytorch_model.bin``), then as a local file.
+- ``"predec:NAME"``: an entry of predec's own model zoo (``predec zoo list``), shipped with the package; its file is
+  checked against the sha256 of its manifest before loading (:mod:`predec.zoo.registry`).
 
 Loading is safe only: safetensors, or ``torch.load(weights_only=True)``. Nothing touches the network for a local
 file, and under ``HF_HUB_OFFLINE=1`` only the local caches are read. Every load returns a :class:`WeightsReport`
@@ -38,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from predec.models.encoders import TimmBackbone
+from predec.zoo.registry import ZOO_PREFIX, find_entry
 
 logger = logging.getLogger(__name__)
 
@@ -391,6 +394,7 @@ def load_weights(module: nn.Module, spec: WeightSpec, *, part: str, strict: bool
     if spec is None or spec is False:
         return None
     source: str | None = None
+    fits = ""  # what a zoo entry was trained for, added to a mismatch error
     if spec is True or spec == "pretrained":
         backbone = _timm_backbone(module, part)
         origin = f"timm pretrained {backbone.name}"
@@ -403,6 +407,11 @@ def load_weights(module: nn.Module, spec: WeightSpec, *, part: str, strict: bool
         origin = text + (f"#{source}" if source else "")
         if text.startswith(HUB_PREFIX):
             state = _hub_state_dict(text, part)
+        elif text.startswith(ZOO_PREFIX):
+            if source is not None:
+                raise ValueError(f"'#{source}' applies to predec checkpoint files, not to zoo entry {text!r}.")
+            entry = find_entry(text)
+            state, fits = read_state_dict(entry.verify()), f"\nThe {entry.fits()}."
         elif Path(text).is_file() or Path(text).suffix in FILE_SUFFIXES or os.sep in text or "/" in text:
             state = read_state_dict(text)
         elif timm.is_model(text.split(".", 1)[0]):
@@ -414,9 +423,9 @@ def load_weights(module: nn.Module, spec: WeightSpec, *, part: str, strict: bool
         else:
             raise ValueError(
                 f"Cannot interpret weight spec {text!r}: it is not an existing file, not a timm model name/tag, and "
-                "not 'hf-hub:org/repo'. Valid specs: None, True/'pretrained', a timm tag ('convnext_atto.d2_in1k'), "
-                f"a file ({', '.join(FILE_SUFFIXES)}; add '#student' for a pre-training checkpoint's student), "
-                "'hf-hub:org/repo'."
+                "not 'hf-hub:org/repo' nor 'predec:<zoo entry>'. Valid specs: None, True/'pretrained', a timm tag "
+                f"('convnext_atto.d2_in1k'), a file ({', '.join(FILE_SUFFIXES)}; add '#student' for a pre-training "
+                "checkpoint's student), 'hf-hub:org/repo', 'predec:NAME' (predec zoo list)."
             )
     else:
         raise TypeError(f"A weight spec is None, True, a string or a path; got {type(spec).__name__}: {spec!r}.")
@@ -426,7 +435,7 @@ def load_weights(module: nn.Module, spec: WeightSpec, *, part: str, strict: bool
     if not report.ok:
         if strict:
             raise ValueError(
-                f"Weights {origin!r} do not fit the {part}:\n{report.summary()}\n"
+                f"Weights {origin!r} do not fit the {part}:\n{report.summary()}{fits}\n"
                 "Check that they belong to this architecture/backbone, or load them with strict=False through "
                 "predec.models.load_weights(..., strict=False) to keep the matching tensors."
             )
