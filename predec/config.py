@@ -57,6 +57,9 @@ class OptimConfig:
         encoder_lr_mult: lr multiplier of parameters under a module named ``encoder``.
         decoder_lr_mult: lr multiplier of parameters under a module named ``decoder``.
         head_lr_mult: lr multiplier of parameters under a module named ``head``.
+        pretrained_lr_mult: dense training: lr multiplier (on top of the part's) of the parts that start from
+            pre-trained weights: the encoder when ``model.encoder_weights`` is set; when ``model.decoder_weights`` is
+            set, ×Net's decoder backbone, or the whole decoder of the other architectures (DeCon).
         grad_clip_norm: clip the global gradient norm to this value (None: no clipping).
     """
 
@@ -72,6 +75,7 @@ class OptimConfig:
     encoder_lr_mult: float = 1.0
     decoder_lr_mult: float = 1.0
     head_lr_mult: float = 1.0
+    pretrained_lr_mult: float = 1.0
     grad_clip_norm: float | None = None
 
 

@@ -89,6 +89,7 @@ def param_groups(
     lr: float,
     weight_decay: float,
     lr_mults: Mapping[str, float] | None = None,
+    prefix_mults: Mapping[str, float] | None = None,
 ) -> list[dict]:
     """Split trainable parameters into optimiser groups.
 
@@ -99,24 +100,28 @@ def param_groups(
         lr_mults: multiplier per module name; a parameter takes the multiplier of the first component of its dotted
             name found in the mapping (``encoder.model.conv1.weight`` → ``lr_mults["encoder"]``,
             ``student.decoder.x`` → ``lr_mults["decoder"]``), else 1.
+        prefix_mults: extra multipliers by parameter-name prefix (``{"decoder.backbone.": 0.1}``), applied on top
+            of ``lr_mults``; the longest matching prefix counts.
 
     Returns:
-        Non-empty groups with keys ``params``, ``lr``, ``weight_decay``, ``name`` (e.g. ``encoder/no_decay``) and
-        ``lr_mult``.
+        Non-empty groups with keys ``params``, ``lr``, ``weight_decay``, ``name`` (e.g. ``encoder/no_decay``, or
+        ``encoder/decoder.backbone./decay`` inside a prefix) and ``lr_mult``.
     """
     lr_mults = dict(lr_mults or {})
+    prefixes = sorted(dict(prefix_mults or {}).items(), key=lambda item: -len(item[0]))
     skip_decay = no_weight_decay_names(model)
-    groups: dict[tuple[str, bool], dict] = {}
+    groups: dict[tuple[str, str, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         part = next((c for c in name.split(".") if c in lr_mults), "other")
-        mult = float(lr_mults.get(part, 1.0))
+        prefix, extra = next(((k, float(v)) for k, v in prefixes if name.startswith(k)), ("", 1.0))
+        mult = float(lr_mults.get(part, 1.0)) * extra
         decay = name not in skip_decay
         group = groups.setdefault(
-            (part, decay),
+            (part, prefix, decay),
             {
-                "name": f"{part}/{'decay' if decay else 'no_decay'}",
+                "name": f"{part}/{prefix + '/' if prefix else ''}{'decay' if decay else 'no_decay'}",
                 "params": [],
                 "lr": lr * mult,
                 "lr_mult": mult,
@@ -188,6 +193,7 @@ def build_optimizer(
     model: nn.Module,
     config: OptimConfig,
     global_batch_size: int | None = None,
+    pretrained: Iterable[str] = (),
 ) -> torch.optim.Optimizer:
     """Build the optimiser of ``config`` over :func:`param_groups` of ``model``.
 
@@ -196,6 +202,8 @@ def build_optimizer(
             their lr multipliers.
         config: optimiser settings.
         global_batch_size: needed when ``config.lr_scaling == "linear"``.
+        pretrained: parameter-name prefixes of the parts that start from pre-trained weights; they take
+            ``config.pretrained_lr_mult`` on top of their part's multiplier.
     """
     lr = config.lr
     if config.lr_scaling == "linear":
@@ -203,7 +211,10 @@ def build_optimizer(
             raise ValueError("optim.lr_scaling='linear' needs the global batch size.")
         lr = scaled_lr(config.lr, global_batch_size)
     mults = {"encoder": config.encoder_lr_mult, "decoder": config.decoder_lr_mult, "head": config.head_lr_mult}
-    groups = param_groups(model, lr, config.weight_decay, mults)
+    prefix_mults = {}
+    if config.pretrained_lr_mult != 1.0:
+        prefix_mults = {prefix: config.pretrained_lr_mult for prefix in pretrained}
+    groups = param_groups(model, lr, config.weight_decay, mults, prefix_mults)
     if config.name == "adamw":
         fused = _fused_adam_supported(groups)
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), eps=config.eps, fused=fused or None)

@@ -134,9 +134,22 @@ class DenseModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         trainer_cfg = self.config.trainer
         global_batch = self.config.data.batch_size * world_size(trainer_cfg) * trainer_cfg.accumulate_grad_batches
-        optimizer = build_optimizer(self.model, self.config.optim, global_batch_size=global_batch)
+        optimizer = build_optimizer(
+            self.model, self.config.optim, global_batch_size=global_batch, pretrained=self.pretrained_prefixes()
+        )
         scheduler = build_scheduler(optimizer, self.config.schedule, total_steps=trainer_cfg.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def pretrained_prefixes(self) -> list[str]:
+        """Parameter-name prefixes of the parts the recipe starts from pre-trained weights (decided by the recipe,
+        so a resumed run builds the same optimiser groups): ``encoder.`` if ``model.encoder_weights`` is set; if
+        ``model.decoder_weights`` is set, ``decoder.backbone.`` for a decoder built around a backbone (×Net), else
+        ``decoder.``."""
+        model_cfg = self.config.model
+        prefixes = ["encoder."] if model_cfg.encoder_weights else []
+        if model_cfg.decoder_weights:
+            prefixes.append("decoder.backbone." if hasattr(self.model.decoder, "backbone") else "decoder.")
+        return prefixes
 
     # ------------------------------------------------------------------------------------------------- evaluation
     def inference(self, images: Tensor) -> Tensor:
