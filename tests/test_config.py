@@ -114,14 +114,15 @@ def test_shipped_recipes_found_by_name():
 
 
 def test_list_shows_each_commands_own_recipes(capsys):
-    """``predec train --list`` lists the dense recipes only, ``predec pretrain --list`` the pre-training ones."""
+    """``predec train --list`` lists the dense recipes only, ``predec pretrain --list`` the pre-training ones
+    (the zoo's recipes included: they are pre-training recipes too)."""
     from predec.cli import main
 
-    for command, prefix in (("train", "dense/"), ("pretrain", "pretrain/")):
+    for command, prefixes in (("train", ("dense/",)), ("pretrain", ("pretrain/", "zoo/"))):
         assert main([command, "--list"]) == 0
         listed = capsys.readouterr().out.split()
-        assert listed == [name for name in list_recipes() if name.startswith(prefix)]
-        assert listed and all(name.startswith(prefix) for name in listed)
+        assert listed == [name for name in list_recipes() if name.startswith(prefixes)]
+        assert listed and all(name.startswith(prefixes) for name in listed)
 
 
 def test_bad_yaml_file(tmp_path):

@@ -26,6 +26,7 @@ from predec.zoo.registry import (
 
 TINY_BUILD = [
     "trainer.max_steps=2",
+    "trainer.log_every_n_steps=1",
     "data.num_train=16",
     "data.num_val=8",
     "data.batch_size=4",

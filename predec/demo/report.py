@@ -1,19 +1,17 @@
-"""Reports: markdown / JSON tables and PNG figures (prediction grids, training curves) of demo results.
-
-Everything here reads the results dictionary of :func:`predec.demo.collect_results` (the content of
-``results.json``) and the files its stages wrote; numbers are printed as the runs produced them.
-"""
+"""The demo's report: markdown tables (``report.md``) and PNG figures (prediction grids, training curves, label
+efficiency) of the results dictionary (:func:`predec.demo.results.collect_results`, the content of
+``results.json``) and the files its stages wrote; numbers are printed as the runs produced them."""
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from predec.engine.run_dir import atomic_write_text, write_json
+from predec.demo.settings import TASK_METRICS, finetune_stage_name, labelled_seed
+from predec.engine.run_dir import atomic_write_text, read_csv_metric, write_json
 
 METRIC_LABELS: dict[str, str] = {
     "mIoU": "mIoU ↑",
@@ -22,6 +20,8 @@ METRIC_LABELS: dict[str, str] = {
     "rmse": "RMSE ↓",
     "d1": "δ1 ↑",
 }
+SCENE_CLASS_NAMES: tuple[str, ...] = ("floor", "wall", "sphere", "box", "cylinder", "cone")
+"""SynthScenes' classes in label order (``predec.data.synthetic.SCENE_CLASSES``; checked by a test)."""
 SEGMENTATION_COLORS: tuple[tuple[int, int, int], ...] = (
     (128, 128, 128),  # floor
     (230, 200, 140),  # wall
@@ -60,31 +60,63 @@ def _seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f} s"
 
 
-def variant_rows(results: dict[str, Any], task: str) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the per-variant table of ``task`` (mean ± std over the seeds that finished)."""
-    from predec.demo import TASK_METRICS
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
+
+def _budgets(results: dict[str, Any]) -> list[str]:
+    return [str(n) for n in results["settings"]["finetune"]["num_train"]]
+
+
+def variant_rows(results: dict[str, Any], task: str, budget: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the per-variant table of ``task`` at label budget ``budget`` (mean ± std over seeds)."""
     metrics = TASK_METRICS[task]
     headers = ["variant", "description", *(METRIC_LABELS[m] for m in metrics), "seeds", "state"]
     rows = []
-    for name, entry in results["variants"][task].items():
+    for name, variant in results["variants"][task].items():
+        entry = variant["budgets"][budget]
         cells = [format_mean_std(entry["mean"].get(m), entry["std"].get(m)) for m in metrics]
         state = entry["state"]
         if entry["errors"]:
-            first = next(iter(entry["errors"].values()))
-            state += f" ({_shorten(first, 100)})"
-        rows.append([name, entry["description"], *cells, str(len(entry["per_seed"])), state])
+            state += f" ({_shorten(next(iter(entry['errors'].values())), 100)})"
+        rows.append([name, variant["description"], *cells, str(len(entry["per_seed"])), state])
+    return headers, rows
+
+
+def per_class_rows(results: dict[str, Any], budget: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the per-class IoU of every segmentation variant (mean over seeds)."""
+    headers = ["variant", *SCENE_CLASS_NAMES]
+    rows = []
+    for name, variant in results["variants"].get("segmentation", {}).items():
+        ious = variant["budgets"][budget].get("per_class_iou")
+        if ious:
+            rows.append([name, *("—" if v is None else f"{v:.3f}" for v in ious)])
+    return headers, rows
+
+
+def weight_change_rows(results: dict[str, Any], budget: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: how far fine-tuning moved each part's weights (relative L2 change, mean over seeds)."""
+    parts = ["encoder", "decoder", "decoder.backbone", "head"]
+    headers = ["task", "variant", *(f"{p} ‖ΔW‖/‖W₀‖" for p in parts)]
+    rows = []
+    for task, variants in results["variants"].items():
+        for name, variant in variants.items():
+            change = variant["budgets"][budget].get("weight_change")
+            if change:
+                rows.append([task, name, *(f"{change[p]:.3f}" if p in change else "—" for p in parts)])
     return headers, rows
 
 
 def comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the decisive comparisons."""
-    headers = ["task", "comparison (a vs b)", "metric", "a", "b", "Δ = a − b", "2 × pooled std", "verdict"]
+    headers = ["task", "labels", "comparison (a vs b)", "metric", "a", "b", "Δ = a − b", "2 × pooled std", "verdict"]
     rows = []
     for c in results["comparisons"]:
+        pair = f"{c['a']} vs {c['b']}"
         if "missing" in c:
             verdict = f"not measured ({', '.join(c['missing'])} failed)"
-            rows.append([c["task"], f"{c['a']} vs {c['b']}", c["metric"], "—", "—", "—", "—", verdict])
+            rows.append([c["task"], c["num_train"], pair, c["metric"], "—", "—", "—", "—", verdict])
             continue
         noise = "—" if c["pooled_std"] is None else f"{2 * c['pooled_std']:.4f}"
         if c["exceeds_noise"] is None:
@@ -93,34 +125,50 @@ def comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]
             verdict = f"**{'a' if c['a_better'] else 'b'} better**, beyond noise"
         else:
             verdict = "within noise"
-        rows.append(
-            [
-                c["task"],
-                f"{c['a']} vs {c['b']}",
-                c["metric"],
-                f"{c['mean_a']:.4f}",
-                f"{c['mean_b']:.4f}",
-                f"{c['delta']:+.4f}",
-                noise,
-                verdict,
-            ]
-        )
+        values = [f"{c['mean_a']:.4f}", f"{c['mean_b']:.4f}", f"{c['delta']:+.4f}", noise]
+        rows.append([c["task"], c["num_train"], pair, c["metric"], *values, verdict])
     return headers, rows
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """The per-variant tables of every task as plain markdown (printed at the end of ``predec demo``)."""
+    """The per-variant tables of every task and budget as plain markdown (printed at the end of ``predec demo``)."""
     parts = []
     for task in results["variants"]:
-        headers, rows = variant_rows(results, task)
-        parts.append(f"{task} (mean ± std over seeds {results['settings']['finetune']['seeds']}):")
-        parts.append(markdown_table(headers, rows))
+        for budget in _budgets(results):
+            headers, rows = variant_rows(results, task, budget)
+            parts.append(
+                f"{task}, {budget} labelled scenes (mean ± std over seeds {results['settings']['finetune']['seeds']}):"
+            )
+            parts.append(markdown_table(headers, rows))
     return "\n\n".join(parts)
 
 
-def _shorten(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def zoo_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the pre-trained weights used (zoo entries)."""
+    headers = ["source", "entry", "state", "what", "reached", "steps", "built in", "built on"]
+    rows = []
+    for source, z in results.get("zoo", {}).items():
+        metric = z.get("metric") or {}
+        if metric.get("name") == "top1":
+            reached = f"top-1 {metric['value']:.3f} ({metric.get('split', 'held-out')})"
+        elif metric.get("value") is not None:
+            first = metric.get("first")
+            reached = (
+                f"loss {first:.3f} → {metric['value']:.3f}" if first is not None else f"loss {metric['value']:.3f}"
+            )
+            tail = z.get("loss_tail_change")
+            if tail is not None:
+                reached += f" (last tenth: {100 * tail:+.1f} %)"
+        else:
+            reached = _shorten(z.get("error", "—"), 120)
+        machine = z.get("machine") or {}
+        where = f"{machine.get('cpu', '?')}, {machine.get('precision', '?')}" if machine else "—"
+        built = z.get("wall_seconds")
+        rows.append(
+            [source, f"`{z['entry']}`", z["state"], z.get("description") or "—", reached, z.get("steps", "—"),
+             _seconds(built), where]
+        )  # fmt: skip
+    return headers, rows
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -129,81 +177,68 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def report_markdown(results: dict[str, Any], figures: Sequence[Path] = ()) -> str:
-    """``report.md``: settings, seeds, pre-training results, per-variant metrics, comparisons, failures, timings."""
+    """``report.md``: settings, the zoo entries used, per-variant metrics per label budget, comparisons, per-class
+    IoU, weight changes, failures, timings, figures."""
     s = results["settings"]
-    cls, ssl, ft = s["classification"], s["ssl"], s["finetune"]
+    ft = s["finetune"]
     machine = results["machine"]
+    command = "predec demo" + {"quick": " --quick", "benchmark": " --benchmark"}.get(results["demo"], "")
+    command += " --from-scratch" if results.get("from_scratch") else ""
     lines = [
         f"# predec demo report ({results['demo']})",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `predec demo{' --quick' if results['demo'] == 'quick' else ''}`"
-        f"; wall time {results['total_seconds']:.0f} s on {machine['cpu_count']} CPU cores ({s['workers']} worker "
-        f"process(es) × {s['threads_per_worker']} thread(s), precision {machine['precision']}); load average "
-        f"(1/5/15 min) {machine['load_average_start']} at the start, {machine['load_average_end']} at the end. "
-        "Every number below is what this run measured.",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `{command}`; wall time {results['total_seconds']:.0f} s on "
+        f"{machine['cpu_count']} CPU cores ({s['workers']} worker process(es) × {s['threads_per_worker']} thread(s), "
+        f"precision {machine['precision']}); load average (1/5/15 min) {machine['load_average_start']} at the start, "
+        f"{machine['load_average_end']} at the end. Every number below is what this run measured.",
         "",
         "## Settings",
         "",
-        f"- Backbones: encoder `{s['encoder']}`, ×Net decoder `{s['decoder']}` (timm; random init before the "
-        "pre-training below).",
-        f"- Classification pre-training: SynthObjects `{cls['label_mode']}` labels, {cls['num_train']} training / "
-        f"{cls['num_val']} held-out images of {cls['image_size']} px, {cls['max_steps']} steps × batch "
-        f"{cls['batch_size']}, lr {cls['lr']}.",
-        f"- Self-supervised pre-training (SlotCon, DeCon-SL, DeCon-ML): {ssl['num_images']} unlabeled scenes of "
-        f"{ssl['image_size']} px, two {ssl['view_size']}-px views, {ssl['max_steps']} steps × batch {ssl['batch_size']}"
-        f", K = {ssl['num_prototypes']} prototypes, projector {ssl['hidden_dim']} → {ssl['dim']}. "
+        "- Pre-trained weights: "
         + (
-            "Every SSL method starts from the same classification-pretrained encoder, so the comparison isolates "
-            "what pre-training the decoder adds (DeCon) over pre-training the encoder alone (SlotCon)."
-            if ssl["encoder_from_classification"]
-            else "Every SSL method starts from a random encoder."
+            "rebuilt by this run from the zoo's recipes (`--from-scratch`)."
+            if results.get("from_scratch")
+            else "predec's model zoo, loaded by name and sha256-checked (no pre-training ran)."
         ),
-        f"- Fine-tuning: {ft['num_train']} labelled scenes, evaluated on {ft['num_val']} held-out scenes, "
-        f"{ft['image_size'][0]}×{ft['image_size'][1]} px, {ft['max_steps']} steps × batch {ft['batch_size']}, AdamW "
-        f"lr {ft['lr']} (poly decay), seeds {ft['seeds']} (model init and data order; the data are the same).",
+        f"- Fine-tuning: label budgets {ft['num_train']} labelled scenes (nested: the first N of one set), evaluated "
+        f"on {ft['num_val']} held-out scenes, {ft['image_size'][0]}×{ft['image_size'][1]} px, {ft['max_steps']} steps "
+        f"× batch {ft['batch_size']}, AdamW lr {ft['lr']} (poly decay), seeds {ft['seeds']} (model init and data "
+        "order; the data are the same)" + (f", overrides {ft['overrides']}" if ft["overrides"] else "") + ".",
         f"- Noise rule: a difference exceeds the noise if {results['noise_rule']}.",
         "",
+        "## Pre-trained weights",
+        "",
     ]
-    lines += ["## Backbone pre-training (classification on SynthObjects)", ""]
-    rows = []
-    for backbone, record in results["pretraining"]["classification"].items():
-        out = record.get("outputs") or {}
-        accuracy = out.get("accuracy")
-        rows.append(
-            [
-                backbone,
-                record["state"],
-                "—" if accuracy is None else f"{accuracy:.3f}",
-                out.get("num_classes", "—"),
-                out.get("steps", "—"),
-                _seconds(record.get("seconds")),
-                _shorten(record.get("error") or "", 160),
-            ]
-        )
-    lines += [markdown_table(["backbone", "state", "top-1 (held-out)", "classes", "steps", "time", "error"], rows), ""]
-    lines += ["## Self-supervised pre-training", ""]
-    rows = []
-    for method, record in results["pretraining"]["ssl"].items():
-        out = record.get("outputs") or {}
-        loss = out.get("final_loss")
-        rows.append(
-            [
-                method,
-                record["state"],
-                "—" if loss is None else f"{loss:.4f}",
-                "—" if out.get("initial_loss") is None else f"{out['initial_loss']:.4f}",
-                out.get("steps", "—"),
-                _seconds(record.get("seconds")),
-                _shorten(record.get("error") or "", 160),
-            ]
-        )
-    lines += [markdown_table(["method", "state", "final loss", "first loss", "steps", "time", "error"], rows), ""]
+    headers, rows = zoo_rows(results)
+    lines += [markdown_table(headers, rows) if rows else "(no pre-trained weights used)", ""]
     for task in results["variants"]:
-        headers, rows = variant_rows(results, task)
-        lines += [f"## {task.capitalize()}: mean ± std over seeds", "", markdown_table(headers, rows), ""]
+        for budget in _budgets(results):
+            headers, rows = variant_rows(results, task, budget)
+            lines += [f"## {task.capitalize()}, {budget} labelled scenes: mean ± std over seeds", ""]
+            lines += [markdown_table(headers, rows), ""]
     lines += ["## Decisive comparisons", "", f"Rule: {results['noise_rule']}.", ""]
     headers, rows = comparison_rows(results)
     lines += [markdown_table(headers, rows), ""]
+    for budget in _budgets(results):
+        headers, rows = per_class_rows(results, budget)
+        if rows:
+            lines += [
+                f"## Per-class IoU, {budget} labelled scenes (mean over seeds)",
+                "",
+                markdown_table(headers, rows),
+            ]
+            lines.append("")
+    headers, rows = weight_change_rows(results, _budgets(results)[-1])
+    if rows:
+        lines += [
+            f"## How far fine-tuning moved the weights ({_budgets(results)[-1]} labelled scenes, mean over seeds)",
+            "",
+            "Relative L2 change ‖W_final − W_init‖ / ‖W_init‖ of each part's weights (BatchNorm statistics excluded); "
+            "`decoder.backbone` is ×Net's decoder backbone (the pre-trained classifier when pre-trained).",
+            "",
+            markdown_table(headers, rows),
+            "",
+        ]
     failed = [(n, r) for n, r in results["stages"].items() if r["state"] in ("failed", "skipped", "not run")]
     if failed:
         lines += ["## Failed stages", ""]
@@ -280,18 +315,6 @@ def prediction_grid(
     return path
 
 
-def read_csv_metric(path: str | Path, column: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of ``column`` in a Lightning CSV log (rows without a value skipped)."""
-    steps, values = [], []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            value = row.get(column)
-            if value not in (None, "") and row.get("step") not in (None, ""):
-                steps.append(int(float(row["step"])))
-                values.append(float(value))
-    return steps, values
-
-
 def training_curves(curves: dict[str, list[Path]], path: Path, title: str, column: str = "train/loss") -> Path:
     """PNG of ``column`` against the step, one colour per variant, one line per seed.
 
@@ -325,22 +348,58 @@ def training_curves(curves: dict[str, list[Path]], path: Path, title: str, colum
     return path
 
 
+def label_efficiency(results: dict[str, Any], task: str, metric: str, path: Path) -> Path:
+    """PNG: ``metric`` (mean ± std over seeds) against the number of labelled scenes, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = [int(b) for b in _budgets(results)]
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    colors = plt.get_cmap("tab10")
+    for i, (name, variant) in enumerate(results["variants"][task].items()):
+        points = [
+            (n, variant["budgets"][str(n)]["mean"].get(metric), variant["budgets"][str(n)]["std"].get(metric))
+            for n in budgets
+        ]
+        points = [(n, m, s or 0.0) for n, m, s in points if m is not None]
+        if points:
+            xs, ms, ss = zip(*points)
+            ax.errorbar(xs, ms, yerr=ss, color=colors(i % 10), marker="o", ms=3, lw=1.2, capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets, [str(n) for n in budgets])
+    ax.set_xlabel("labelled training scenes")
+    ax.set_ylabel(METRIC_LABELS[metric])
+    ax.set_title(
+        f"{task}: {metric} vs labels (mean ± std over seeds {results['settings']['finetune']['seeds']})", fontsize=9
+    )
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def demo_figures(results: dict[str, Any], out: Path) -> list[Path]:
-    """Prediction grids and training curves of every task (variants that produced them)."""
+    """Prediction grids and training curves of every task (largest label budget, the variants that produced them),
+    and the label-efficiency curves when several budgets ran."""
     import numpy as np
 
     from predec.data.synthetic import SynthScenes
-    from predec.demo import _labelled_seed
 
     ft = results["settings"]["finetune"]
-    seeds = [str(s) for s in ft["seeds"]]
+    seeds = ft["seeds"]
+    budget = int(_budgets(results)[-1])
     paths = []
     for task, entries in results["variants"].items():
         predictions, curves = {}, {}
         for name in entries:
             files = []
             for seed in seeds:
-                record = results["stages"].get(f"finetune/{task}/{name}/seed{seed}", {})
+                record = results["stages"].get(finetune_stage_name(task, name, budget, seed), {})
                 out_files = record.get("outputs") or {}
                 if record.get("state") not in ("done", "cached"):
                     continue
@@ -354,7 +413,7 @@ def demo_figures(results: dict[str, Any], out: Path) -> list[Path]:
         if predictions:
             count = min(len(p) for p in predictions.values())
             scenes = SynthScenes(
-                count, size=tuple(ft["image_size"]), seed=_labelled_seed(results["settings"]["data_seed"]) + 1
+                count, size=tuple(ft["image_size"]), seed=labelled_seed(results["settings"]["data_seed"]) + 1
             )
             raws = [scenes.raw(i) for i in range(count)]
             targets = [r.labels if task == "segmentation" else r.depth for r in raws]
@@ -362,7 +421,11 @@ def demo_figures(results: dict[str, Any], out: Path) -> list[Path]:
             paths.append(prediction_grid([r.image for r in raws], targets, grid, task, out / f"predictions_{task}.png"))
         if curves:
             loss = "cross-entropy" if task == "segmentation" else "SILog"
-            paths.append(training_curves(curves, out / f"curves_{task}.png", f"{task}: training loss ({loss})"))
+            title = f"{task}: training loss ({loss}), {budget} labelled scenes"
+            paths.append(training_curves(curves, out / f"curves_{task}.png", title))
+        if len(ft["num_train"]) > 1:
+            for metric in TASK_METRICS[task][:1]:
+                paths.append(label_efficiency(results, task, metric, out / f"labels_{task}_{metric}.png"))
     return paths
 
 

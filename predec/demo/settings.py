@@ -1,0 +1,254 @@
+"""What the demo compares and with which settings: variants, decisive comparisons, the settings schema.
+
+Shared by the stages, the results and the report (this module imports nothing else of the demo). The settings files
+are ``predec/configs/demo/{quick,full,benchmark}.yaml``; :class:`DemoConfig`'s defaults are ``full.yaml``'s (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from predec.config import ConfigError, load_config
+
+TASKS: tuple[str, ...] = ("segmentation", "depth")
+CLASSIFICATION = "classification"
+SSL_METHODS: tuple[str, ...] = ("slotcon", "decon-sl", "decon-ml")
+SOURCES: tuple[str, ...] = (CLASSIFICATION, *SSL_METHODS)
+"""Where pre-trained weights come from: a zoo entry of each kind (:class:`ZooSettings`)."""
+NUM_SCENE_CLASSES = 6  # len(predec.data.synthetic.SCENE_CLASSES); checked when a fine-tuning recipe is built
+MAX_DEPTH = 10.0
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "segmentation": ("mIoU", "aAcc"),
+    "depth": ("abs_rel", "rmse", "d1"),
+}
+"""Metrics kept per task (names of the engine's metrics.json)."""
+HIGHER_IS_BETTER: dict[str, bool] = {"mIoU": True, "aAcc": True, "abs_rel": False, "rmse": False, "d1": True}
+NOISE_FACTOR = 2.0
+"""A difference exceeds the noise if ``|mean_a − mean_b| > NOISE_FACTOR × pooled std`` (pooled over seeds)."""
+
+
+def labelled_seed(data_seed: int) -> int:
+    """Generator seed of the labelled fine-tuning scenes; the evaluation scenes use ``+ 1``. (The zoo's recipes
+    render their objects and unlabeled scenes with other seeds: 20/21 and 100.)"""
+    return 1000 * data_seed + 10
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Variants and comparisons
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A fine-tuned model of the comparison.
+
+    Attributes:
+        name: identifier (directory names, tables).
+        arch: dense architecture (``xnet``, ``fpn``, ``unet``).
+        description: one line for the report.
+        encoder_source: where the encoder weights come from: ``classification``, an SSL method, or None (random).
+        decoder_source: where the decoder weights come from: ``classification`` (the ×Net decoder backbone), an
+            SSL method (the whole pre-trained decoder), or None (random).
+    """
+
+    name: str
+    arch: str
+    description: str
+    encoder_source: str | None
+    decoder_source: str | None
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The zoo entry kinds this variant needs (without repetition)."""
+        return tuple(dict.fromkeys(s for s in (self.encoder_source, self.decoder_source) if s))
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("xnet_pt_dec", "xnet", "×Net, pre-trained encoder × pre-trained decoder", CLASSIFICATION, CLASSIFICATION),
+    Variant("xnet_rand_dec", "xnet", "×Net, pre-trained encoder × random decoder", CLASSIFICATION, None),
+    Variant("fpn_pt_enc", "fpn", "FPN, pre-trained encoder, random decoder", CLASSIFICATION, None),
+    Variant("unet_pt_enc", "unet", "U-Net, pre-trained encoder, random decoder", CLASSIFICATION, None),
+    Variant("fpn_decon_ml", "fpn", "FPN, encoder + decoder from DeCon-ML", "decon-ml", "decon-ml"),
+    Variant("fpn_decon_sl", "fpn", "FPN, encoder + decoder from DeCon-SL", "decon-sl", "decon-sl"),
+    Variant("fpn_slotcon", "fpn", "FPN, encoder from SlotCon, random decoder", "slotcon", None),
+    Variant("fpn_scratch", "fpn", "FPN, no pre-training", None, None),
+)
+VARIANT_NAMES: tuple[str, ...] = tuple(v.name for v in VARIANTS)
+
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("xnet_pt_dec", "xnet_rand_dec", "×Net: pre-trained vs random decoder"),
+    ("fpn_decon_ml", "fpn_slotcon", "FPN: DeCon-ML (encoder + decoder) vs SlotCon (encoder only)"),
+    ("fpn_decon_sl", "fpn_slotcon", "FPN: DeCon-SL (encoder + decoder) vs SlotCon (encoder only)"),
+    ("xnet_pt_dec", "fpn_pt_enc", "pre-trained ×Net decoder vs random FPN decoder (same encoder)"),
+    ("fpn_pt_enc", "fpn_scratch", "FPN: pre-trained vs random encoder"),
+)
+"""The decisive comparisons ``(variant a, variant b, question)``: the report says whether a − b exceeds the noise."""
+
+
+def variant(name: str) -> Variant:
+    """The variant called ``name``.
+
+    Raises:
+        ConfigError: unknown name (the valid ones are listed).
+    """
+    for v in VARIANTS:
+        if v.name == name:
+            return v
+    raise ConfigError(f"Unknown demo variant {name!r}; valid: {', '.join(VARIANT_NAMES)}.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Settings (YAML: predec/configs/demo/*.yaml)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ZooSettings:
+    """The pre-trained weights: one zoo entry per source (``predec zoo list``).
+
+    By default the demo loads them (sha256-checked); ``predec demo --from-scratch`` first rebuilds them from their
+    recipes into ``<out>/zoo`` (the stages ``zoo/<entry>``) and fine-tunes on those.
+
+    Attributes:
+        classification: classifier on SynthObjects: every pre-trained encoder, the ×Net decoder backbone, and the
+            encoder the SSL entries start from.
+        slotcon: SlotCon (encoder only).
+        decon_sl: DeCon-SL (encoder + FPN, decoder loss at P2).
+        decon_ml: DeCon-ML (encoder + FPN, decoder loss at P2..P5).
+        scratch_overrides: ``key=value`` overrides of every zoo recipe rebuilt with ``--from-scratch`` (e.g.
+            ``trainer.max_steps=100`` for a short rebuild).
+    """
+
+    classification: str = "synth-resnet18h-cls"
+    slotcon: str = "synth-resnet18h-slotcon"
+    decon_sl: str = "synth-resnet18h-fpn-decon-sl"
+    decon_ml: str = "synth-resnet18h-fpn-decon-ml"
+    scratch_overrides: list[str] = field(default_factory=list)
+
+    def entry(self, source: str) -> str:
+        """The entry name of a source (``classification``, ``slotcon``, ``decon-sl``, ``decon-ml``)."""
+        return str(getattr(self, source.replace("-", "_")))
+
+
+@dataclass
+class FinetuneSettings:
+    """Dense fine-tuning and evaluation.
+
+    Attributes:
+        tasks: ``segmentation`` and/or ``depth``.
+        variants: names of :data:`VARIANTS` to train.
+        seeds: fine-tuning seeds (model init, data order); every variant runs with each.
+        num_train: label budgets: numbers of labelled training scenes (the first N of one generated set, so smaller
+            budgets are subsets of larger ones); several give a label-efficiency curve. One number is one budget.
+        num_val: held-out evaluation scenes.
+        image_size: scene size [H, W].
+        max_steps: optimiser steps per run.
+        batch_size: images per step.
+        lr: AdamW learning rate (poly decay after a linear warm-up of a tenth of the steps).
+        grid_images: evaluation images shown in the prediction grids.
+        keep_models: keep each variant's fine-tuned model (first seed, ``run/model``); otherwise only metrics, logs
+            and the grid predictions stay.
+        overrides: extra ``key=value`` overrides of every fine-tuning recipe (``predec.config.DenseConfig``).
+    """
+
+    tasks: list[str] = field(default_factory=lambda: ["segmentation"])
+    variants: list[str] = field(
+        default_factory=lambda: ["xnet_pt_dec", "xnet_rand_dec", "fpn_pt_enc", "fpn_decon_ml", "fpn_decon_sl",
+                                 "fpn_slotcon"]
+    )  # fmt: skip
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    num_train: list[int] | int = field(default_factory=lambda: [256])
+    num_val: int = 100
+    image_size: list[int] = field(default_factory=lambda: [96, 96])
+    max_steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-3
+    grid_images: int = 4
+    keep_models: bool = False
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DemoConfig:
+    """Settings of ``predec demo``. The defaults are those of ``predec/configs/demo/full.yaml`` (tested).
+
+    Attributes:
+        name: ``quick``, ``full`` or ``benchmark`` (shown in the report).
+        zoo: the pre-trained weights fine-tuned.
+        data_seed: seed of the labelled and evaluation scenes.
+        workers: stages run in parallel processes (1: in this process, with progress bars).
+        threads_per_worker: torch threads of each worker.
+        finetune: dense fine-tuning and evaluation.
+    """
+
+    name: str = "full"
+    zoo: ZooSettings = field(default_factory=ZooSettings)
+    data_seed: int = 0
+    workers: int = 2
+    threads_per_worker: int = 1
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+
+def config_path(name: str) -> Path:
+    """The shipped demo settings ``predec/configs/demo/<name>.yaml``."""
+    from predec.config import recipes_dir
+
+    return recipes_dir() / "demo" / f"{name}.yaml"
+
+
+def load_demo_config(source: str | Path, overrides: Sequence[str] = ()) -> DemoConfig:
+    """Load demo settings (``quick``, ``full``, ``benchmark`` or a YAML file) with ``key=value`` overrides, validated.
+
+    Raises:
+        ConfigError: unknown keys, wrong types, unknown tasks or variants, no seeds or budgets.
+    """
+    path = Path(source)
+    if not path.is_file():
+        path = config_path(str(source))
+        if not path.is_file():
+            shipped = sorted(p.stem for p in config_path("x").parent.glob("*.yaml"))
+            raise ConfigError(f"Demo settings {str(source)!r} not found; shipped: {', '.join(shipped)}, or a file.")
+    config = load_config(path, overrides, schema=DemoConfig)
+    ft = config.finetune
+    if isinstance(ft.num_train, int):
+        ft.num_train = [ft.num_train]
+    for task in ft.tasks:
+        if task not in TASKS:
+            raise ConfigError(f"{path}: finetune.tasks holds {task!r}; valid tasks: {', '.join(TASKS)}.")
+    for name in ft.variants:
+        variant(name)
+    for key in ("tasks", "variants", "seeds", "num_train"):
+        if not getattr(ft, key):
+            raise ConfigError(f"{path}: finetune.{key} is empty; give at least one.")
+    if any(n < 1 for n in ft.num_train) or len(set(ft.num_train)) != len(ft.num_train):
+        raise ConfigError(f"{path}: finetune.num_train={ft.num_train}: need distinct label budgets >= 1.")
+    if config.workers < 1 or config.threads_per_worker < 1:
+        raise ConfigError(
+            f"{path}: workers={config.workers}, threads_per_worker={config.threads_per_worker}: need >= 1."
+        )
+    return config
+
+
+def stage_budget_name(num_train: int) -> str:
+    """The label-budget part of a fine-tuning stage name (``n256``)."""
+    return f"n{num_train}"
+
+
+def finetune_stage_name(task: str, variant_name: str, num_train: int, seed: int) -> str:
+    """``finetune/<task>/<variant>/n<labels>/seed<k>``."""
+    return f"finetune/{task}/{variant_name}/{stage_budget_name(num_train)}/seed{seed}"
+
+
+def zoo_stage_name(entry: str) -> str:
+    """``zoo/<entry>``: the stage rebuilding a zoo entry (``--from-scratch``)."""
+    return f"zoo/{entry}"
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON data (for stage specs and fingerprints)."""
+    import json
+
+    return json.loads(json.dumps(value))
