@@ -163,7 +163,7 @@ class FinetuneSettings:
     num_train: list[int] | int = field(default_factory=lambda: [256])
     num_val: int = 100
     image_size: list[int] = field(default_factory=lambda: [96, 96])
-    max_steps: int = 300
+    max_steps: int = 200
     batch_size: int = 8
     lr: float = 1e-3
     grid_images: int = 4
