@@ -104,6 +104,10 @@ def test_bad_settings_are_refused_with_the_key():
     assert load_demo_config("quick", ["finetune.num_train=64"]).finetune.num_train == [64]
     with pytest.raises(ConfigError, match=r"Unknown config key 'zoo\.decon_xl'"):
         load_demo_config("quick", ["zoo.decon_xl=x"])
+    with pytest.raises(
+        ConfigError, match=r"finetune\.image_size=\[80, 80\].*multiples of 32 \(e\.g\. \[64, 64\] or \[96, 96\]\)"
+    ):
+        load_demo_config("quick", ["finetune.image_size=[80,80]"])
 
 
 def test_the_settings_defaults_are_the_shipped_full_settings():

@@ -91,16 +91,15 @@ def list_entries(as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
-        header = f"{'name':34s} {'method':10s} {'architecture':40s} {'metric':28s} {'MB':>5s}  {'sha256':12s}  state"
-        print(header)
+        columns = ("name", "method", "architecture", "metric")
+        width = {c: max([len(c)] + [len(str(r.get(c) or "")) for r in rows]) for c in columns}
+        print("  ".join(f"{c:{width[c]}s}" for c in columns) + f"  {'MB':>5s}  {'sha256':12s}  state")
         for r in rows:
+            cells = "  ".join(f"{r.get(c) or ''!s:{width[c]}s}" for c in columns)
             if r["state"] == "not built":
-                print(f"{r['name']:34s} {'':10s} {'':40s} {'':28s} {'':>5s}  {'':12s}  not built")
+                print(f"{cells}  {'':>5s}  {'':12s}  not built")
                 continue
-            print(
-                f"{r['name']:34s} {r['method'] or '':10s} {r['architecture']:40s} {r['metric']:28s} "
-                f"{r['megabytes']:5.1f}  {r['sha256'][:12]:12s}  {r['state']}"
-            )
+            print(f"{cells}  {r['megabytes']:5.1f}  {r['sha256'][:12]:12s}  {r['state']}")
     return 0 if all(r["state"] in ("ok", "not built") for r in rows) else 2
 
 

@@ -76,6 +76,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("fpn_slotcon", "fpn", "FPN, encoder from SlotCon, random decoder", "slotcon", None),
     Variant("fpn_scratch", "fpn", "FPN, no pre-training", None, None),
 )
+IMAGE_DIVISOR = 32
+"""Output stride of every demo model (ResNet encoder; ×Net's decoder backbone too): scene sizes are multiples of it."""
+
 VARIANT_NAMES: tuple[str, ...] = tuple(v.name for v in VARIANTS)
 
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
@@ -225,6 +228,14 @@ def load_demo_config(source: str | Path, overrides: Sequence[str] = ()) -> DemoC
             raise ConfigError(f"{path}: finetune.{key} is empty; give at least one.")
     if any(n < 1 for n in ft.num_train) or len(set(ft.num_train)) != len(ft.num_train):
         raise ConfigError(f"{path}: finetune.num_train={ft.num_train}: need distinct label budgets >= 1.")
+    size = list(ft.image_size)
+    if len(size) != 2 or any(int(v) < IMAGE_DIVISOR or int(v) % IMAGE_DIVISOR for v in size):
+        down = [max(IMAGE_DIVISOR, int(v) // IMAGE_DIVISOR * IMAGE_DIVISOR) for v in size]
+        up = [-(-max(int(v), 1) // IMAGE_DIVISOR) * IMAGE_DIVISOR for v in size]
+        raise ConfigError(
+            f"{path}: finetune.image_size={size}: every model of the demo has output stride {IMAGE_DIVISOR}, so "
+            f"height and width must be multiples of {IMAGE_DIVISOR} (e.g. {down} or {up})."
+        )
     if config.workers < 1 or config.threads_per_worker < 1:
         raise ConfigError(
             f"{path}: workers={config.workers}, threads_per_worker={config.threads_per_worker}: need >= 1."
