@@ -65,6 +65,11 @@ class Stage:
 # --------------------------------------------------------------------------------------------------------------
 
 
+# ×Net's Re-Shapes in the demo: bilinear (one 1×1 conv shared by every output pixel) learns in 200 steps what
+# pixel shuffle (own weights per pixel of each 32×32 / 8×8 block) does not: measured in docs/demo.md.
+XNET_RESHAPE = "bilinear"
+
+
 @dataclass(frozen=True)
 class Architecture:
     """What the fine-tuned models are made of, read from the zoo entries (manifests, or recipes when rebuilding).
@@ -84,7 +89,9 @@ class Architecture:
         fields: dict[str, Any] = {"arch": arch, "encoder": self.encoder, "encoder_kwargs": dict(self.encoder_kwargs)}
         if arch == "xnet":
             fields["decoder"] = self.encoder
-            fields["decoder_kwargs"] = {"backbone_kwargs": dict(self.encoder_kwargs)} if self.encoder_kwargs else {}
+            fields["decoder_kwargs"] = {"reshape": XNET_RESHAPE}
+            if self.encoder_kwargs:
+                fields["decoder_kwargs"]["backbone_kwargs"] = dict(self.encoder_kwargs)
         elif arch == "fpn":
             fields["decoder_kwargs"] = dict(self.fpn_kwargs)
         return fields
