@@ -83,6 +83,10 @@ def test_plan_from_the_zoo_and_from_scratch():
     fpn = stages["finetune/depth/fpn_decon_ml/n32/seed0"].spec["model"]
     assert fpn["arch"] == "fpn" and fpn["decoder_kwargs"] == {"channels": 128}
     assert xnet.spec["model"]["decoder"] == xnet.spec["model"]["encoder"]
+    assert xnet.spec["model"]["decoder_kwargs"] == {  # bilinear Re-Shapes: docs/demo.md "Investigation"
+        "reshape": "bilinear",
+        "backbone_kwargs": find_entry("synth-resnet18h-cls").model["encoder_kwargs"],
+    }
 
     scratch = {s.name: s for s in plan(config, from_scratch=True)}
     zoo = [n for n in scratch if n.startswith("zoo/")]
