@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import lightning as L
 import numpy as np
@@ -14,7 +15,13 @@ import torch
 from predec.cli import main
 from predec.config import ConfigError, load_config
 from predec.engine import NonFiniteLossError, RunExistsError, train_dense
-from predec.engine.checkpoint import AtomicCheckpointIO, collect_rng_states, read_checkpoint, set_rng_states
+from predec.engine.checkpoint import (
+    AtomicCheckpointIO,
+    CorruptCheckpointError,
+    collect_rng_states,
+    read_checkpoint,
+    set_rng_states,
+)
 from predec.engine.datamodule import StepBatchSampler
 from predec.engine.runner import load_dense_checkpoint
 
@@ -103,6 +110,57 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         train_dense(config(), interrupted)
 
 
+def assert_same_weights(run_dir, reference_dir) -> None:
+    resumed = load_dense_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    expected = load_dense_checkpoint(reference_dir / "checkpoints" / "last.ckpt")
+    assert resumed.step == expected.step == STEPS
+    for key, value in expected.state_dict.items():
+        assert torch.equal(resumed.state_dict[key], value), key
+
+
+def test_moved_run_directory_resumes_into_last_ckpt(tmp_path):
+    """Resume depends on the run directory's content, not its path: no last-v1.ckpt beside a stale last.ckpt."""
+    train_dense(config(), tmp_path / "reference")
+    with pytest.raises(RuntimeError, match="simulated crash after step 7"):
+        train_dense(config(), tmp_path / "cluster_a" / "run", callbacks=[CrashAt(7)])
+    shutil.move(tmp_path / "cluster_a" / "run", tmp_path / "run_moved")
+    train_dense(config(), tmp_path / "run_moved")
+    checkpoints = tmp_path / "run_moved" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "last.ckpt",
+        "last.ckpt.sha256",
+        "last.previous.ckpt",
+        "last.previous.ckpt.sha256",
+    ]
+    assert_same_weights(tmp_path / "run_moved", tmp_path / "reference")
+
+
+def test_flipped_byte_in_last_ckpt_falls_back_to_the_previous_one(tmp_path):
+    """A checkpoint that fails its sha256 is refused naming it; resume takes the one before, with a warning."""
+    train_dense(config(), tmp_path / "reference")
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash after step 11"):
+        train_dense(config(), run, callbacks=[CrashAt(11)])
+    last, previous = run / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.previous.ckpt"
+    assert read_checkpoint(last)["global_step"] == 8 and read_checkpoint(previous)["global_step"] == 4
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    last.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match=r"last\.ckpt' is corrupt: its sha256 .* does not match"):
+        read_checkpoint(last)
+    with pytest.warns(UserWarning, match=r"last\.ckpt' fails its sha256 check; resuming from .*last\.previous\.ckpt"):
+        train_dense(config(), run)
+    assert read_checkpoint(previous)["global_step"] == 8  # the step-8 checkpoint written again after the resume
+    assert_same_weights(run, tmp_path / "reference")
+
+    # Both corrupt: refused, naming both.
+    previous.write_bytes(previous.read_bytes()[:-10])
+    last.write_bytes(b"garbage")
+    (run / "status.json").write_text('{"state": "running"}')
+    with pytest.raises(CorruptCheckpointError, match=r"last\.ckpt' and the previous one .*last\.previous\.ckpt"):
+        train_dense(config(), run)
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"Non-finite loss at step 5 \(ce=nan\)"):
         train_dense(config(), tmp_path, callbacks=[PoisonWeightsAt(5)])
@@ -135,7 +193,19 @@ def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         io.save_checkpoint({"global_step": 2, "bad": Unpicklable()}, path)
     assert io.load_checkpoint(path)["global_step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]
+
+
+def test_checkpoint_writes_keep_the_previous_valid_one(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    for step in (1, 2):
+        io.save_checkpoint({"global_step": step}, path)
+    previous = tmp_path / "last.previous.ckpt"
+    assert io.load_checkpoint(previous)["global_step"] == 1 and io.load_checkpoint(path)["global_step"] == 2
+    path.write_bytes(path.read_bytes()[:-1])  # a torn step-2 file is replaced, never kept as the fallback
+    io.save_checkpoint({"global_step": 3}, path)
+    assert io.load_checkpoint(previous)["global_step"] == 1 and io.load_checkpoint(path)["global_step"] == 3
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):

@@ -1,7 +1,8 @@
 """The Lightning engine of dense training and evaluation (and the pieces the pre-training engine reuses).
 
 - :mod:`~predec.engine.run_dir`: one directory per run (config, checkpoints, metrics, logs).
-- :mod:`~predec.engine.checkpoint`: atomic checkpoint writes, RNG state for exact resume, safe reading.
+- :mod:`~predec.engine.checkpoint`: atomic, checksummed checkpoint writes (the previous one kept), RNG state for exact
+  resume, safe reading.
 - :mod:`~predec.engine.guards`: stop on a NaN/Inf loss or gradient, naming the step.
 - :mod:`~predec.engine.trainer`: the ``lightning.Trainer`` from the config (precision, devices, loggers).
 - :mod:`~predec.engine.datamodule`: datasets and deterministic step-indexed sampling.
@@ -10,7 +11,7 @@
   ``load_inference_module``.
 """
 
-from predec.engine.checkpoint import AtomicCheckpointIO, RNGStateCallback, read_checkpoint
+from predec.engine.checkpoint import AtomicCheckpointIO, CorruptCheckpointError, RNGStateCallback, read_checkpoint
 from predec.engine.datamodule import DenseDataModule, StepBatchSampler
 from predec.engine.dense import DenseModule, build_model
 from predec.engine.guards import NonFiniteGradientGuard, NonFiniteLossError, check_finite_loss
@@ -30,6 +31,7 @@ from predec.engine.trainer import build_trainer, default_precision, resolve_prec
 
 __all__ = [
     "AtomicCheckpointIO",
+    "CorruptCheckpointError",
     "DenseCheckpoint",
     "DenseDataModule",
     "DenseModule",

@@ -7,7 +7,10 @@
   plain values, so ``weights_only`` loading works) and restores them when training resumes, right before the first
   resumed step. Under DDP the states of rank 0 are stored and every rank restores them (ranks start from the same
   seed anyway).
-- :func:`read_checkpoint`: a checkpoint file as a dict, with a clear error for a missing or foreign file.
+- :func:`read_checkpoint`: a checkpoint file as a dict, with a clear error for a missing, foreign or corrupt file.
+- Integrity: every write also writes ``<file>.sha256`` and keeps the file it replaces as ``<stem>.previous<suffix>``
+  (with its checksum); :func:`newest_valid_checkpoint` picks the newest file whose checksum holds, warning when it
+  falls back to the previous one.
 
 Data order on resume is the job of the step-indexed sampler in :mod:`predec.engine.datamodule`; model, optimiser,
 scheduler and loop counters are restored by Lightning from the same file.
@@ -15,8 +18,10 @@ scheduler and loop counters are restored by Lightning from the same file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +30,65 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from predec.engine.run_dir import atomic_write_text
+
 RNG_KEY = "predec_rng_states"
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file whose content does not match its recorded sha256."""
+
+
+def checksum_path(path: str | Path) -> Path:
+    """The sidecar holding the sha256 of checkpoint ``path``: ``<path>.sha256``."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.sha256")
+
+
+def previous_checkpoint(path: str | Path) -> Path:
+    """Where a write to ``path`` keeps the file it replaces: ``last.ckpt`` → ``last.previous.ckpt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: str | Path) -> bool | None:
+    """True if ``path`` matches its ``.sha256`` sidecar, False if it does not (or is missing), None if it has no
+    sidecar (a checkpoint written before checksums, or by another tool: not verifiable)."""
+    path, sidecar = Path(path), checksum_path(path)
+    if not path.is_file():
+        return False
+    if not sidecar.is_file():
+        return None
+    return file_sha256(path) == sidecar.read_text(encoding="utf-8").split()[0]
+
+
+def _replace_if_exists(source: Path, target: Path) -> None:
+    if source.exists():
+        os.replace(source, target)
+    else:
+        target.unlink(missing_ok=True)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` with temp-file + rename writes and ``weights_only=True`` reads."""
+    """``TorchCheckpointIO`` with temp-file + rename writes, a sha256 sidecar, the replaced file kept as
+    ``<stem>.previous<suffix>``, and ``weights_only=True`` reads that verify the checksum."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        """Write ``checkpoint`` to ``path`` atomically."""
+        """Write ``checkpoint`` to ``path`` atomically; the old ``path`` (and its checksum) becomes the previous one,
+        unless it fails its checksum.
+
+        Order of the renames: a crash at any point leaves either the new file with its checksum, or no ``path`` and
+        the previous file with its own (a file whose sidecar is missing is accepted unverified, never a mismatch).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -41,6 +97,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
+            digest = file_sha256(tmp)
+            previous = previous_checkpoint(path)
+            if path.exists() and verify_checkpoint(path) is not False:  # a corrupt file is replaced, not kept
+                _replace_if_exists(checksum_path(path), checksum_path(previous))
+                os.replace(path, previous)
+            atomic_write_text(checksum_path(path), f"{digest}  {path.name}\n")
             os.replace(tmp, path)
         finally:
             if tmp.exists():
@@ -56,11 +118,18 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
     Raises:
         FileNotFoundError: the file does not exist.
+        CorruptCheckpointError: the file does not match its ``.sha256`` sidecar.
         ValueError: the file is not a torch checkpoint holding a dict (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} not found.")
+    if verify_checkpoint(path) is False:
+        raise CorruptCheckpointError(
+            f"Checkpoint {str(path)!r} is corrupt: its sha256 {file_sha256(path)[:12]}… does not match "
+            f"{str(checksum_path(path))!r}. Resume from {str(previous_checkpoint(path))!r} (the one before) if it "
+            "exists, or start the run again."
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling errors come in many types
@@ -128,3 +197,30 @@ class RNGStateCallback(L.Callback):
         if self._pending is not None:
             set_rng_states(self._pending)
             self._pending = None
+
+
+def newest_valid_checkpoint(path: str | Path) -> Path | None:
+    """``path`` if it holds a valid checkpoint, else the one it replaced (with a warning naming both), else None if
+    neither exists.
+
+    Valid: its checksum matches, or it has no checksum sidecar (unverifiable, accepted).
+
+    Raises:
+        CorruptCheckpointError: neither ``path`` nor the previous checkpoint is valid, and one of them exists.
+    """
+    path = Path(path)
+    previous = previous_checkpoint(path)
+    if path.is_file() and verify_checkpoint(path) is not False:
+        return path
+    if previous.is_file() and verify_checkpoint(previous) is not False:
+        problem = "fails its sha256 check" if path.is_file() else "is missing"
+        warnings.warn(
+            f"Checkpoint {str(path)!r} {problem}; resuming from the previous one, {str(previous)!r}.", stacklevel=2
+        )
+        return previous
+    if path.is_file() or previous.is_file():
+        raise CorruptCheckpointError(
+            f"Checkpoint {str(path)!r} and the previous one {str(previous)!r} are missing or fail their sha256 "
+            "checks (<file>.sha256): nothing valid to resume; start the run again (--overwrite)."
+        )
+    return None

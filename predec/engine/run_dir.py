@@ -6,7 +6,7 @@ Layout::
       config.yaml          the resolved config (every field)
       status.json          {"state": "running" | "finished" | "failed", "step": ..., "message": ...}
       metrics.json         final evaluation metrics
-      checkpoints/last.ckpt
+      checkpoints/last.ckpt  the newest checkpoint (+ last.ckpt.sha256; the one before: last.previous.ckpt)
       logs/                tensorboard/ events, csv/metrics.csv (csv/resumed_step<N>/metrics.csv after a resume)
       model/               the trained model as save_pretrained writes it (config.json + model.safetensors)
 
@@ -123,12 +123,6 @@ class RunDir:
     @property
     def is_finished(self) -> bool:
         return self.status().get("state") == FINISHED
-
-    def resume_checkpoint(self) -> Path | None:
-        """``checkpoints/last.ckpt`` if the run was interrupted (it has a checkpoint and did not finish), else None."""
-        if self.last_checkpoint.is_file() and not self.is_finished:
-            return self.last_checkpoint
-        return None
 
     def check_same_config(self, config: Any, ignore: tuple[str, ...] = ()) -> None:
         """Raise if ``config.yaml`` exists and differs from ``config`` in a key other than ``ignore`` (dotted).

@@ -17,7 +17,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from predec.config import ConfigError, DenseConfig, ModelConfig, from_dict, to_dict
-from predec.engine.checkpoint import read_checkpoint
+from predec.engine.checkpoint import newest_valid_checkpoint, read_checkpoint
 from predec.engine.datamodule import DenseDataModule, check_task
 from predec.engine.dense import DenseModule, architecture_mismatch
 from predec.engine.run_dir import FAILED, FINISHED, RUNNING, RunDir
@@ -181,16 +181,20 @@ def resolve_resume(run: RunDir, resume: str | Path | bool | None, overwrite: boo
     """The checkpoint a run in ``run`` starts from (None: from scratch), shared by every engine.
 
     ``resume`` True/``"last"``: the run's ``last.ckpt`` (must exist); a path: that file; None: the interrupted
-    run's checkpoint if any. ``overwrite`` discards the directory's previous run (on rank 0) and starts fresh.
+    run's checkpoint if any. The run's own checkpoint is taken by content, not path: ``last.ckpt`` if its sha256
+    holds, else the one it replaced (``last.previous.ckpt``, with a warning). ``overwrite`` discards the directory's
+    previous run (on rank 0) and starts fresh.
 
     Raises:
         FileNotFoundError: the requested checkpoint does not exist.
+        CorruptCheckpointError: the run's checkpoints exist but none passes its sha256 check.
         RunExistsError: the directory holds a finished run and neither ``resume`` nor ``overwrite`` is given.
     """
     if resume is True or resume == "last":
-        if not run.last_checkpoint.is_file():
+        path = newest_valid_checkpoint(run.last_checkpoint)
+        if path is None:
             raise FileNotFoundError(f"--resume: {run.last_checkpoint} does not exist: nothing to resume in {run.root}.")
-        return run.last_checkpoint
+        return path
     if resume:
         path = Path(resume)
         if not path.is_file():
@@ -200,7 +204,7 @@ def resolve_resume(run: RunDir, resume: str | Path | bool | None, overwrite: boo
         if rank_zero_only.rank == 0:
             run.clear()
         return None
-    automatic = run.resume_checkpoint()
+    automatic = None if run.is_finished else newest_valid_checkpoint(run.last_checkpoint)
     if automatic is not None:
         rank_zero_only(logger.warning)(
             f"Resuming the interrupted run in {run.root} from {automatic} (status: {run.status().get('state')})."
@@ -249,7 +253,7 @@ def train_dense(
         resumed = load_dense_checkpoint(ckpt_path)
         check_checkpoint_architecture(resumed, config)
         resumed_step = resumed.step
-        if ckpt_path == run.last_checkpoint:
+        if ckpt_path.parent == run.checkpoints:
             run.check_same_config(config, ignore=RUNTIME_KEYS)
     check_task(config.data, config.model.task, config.model.num_classes)
     check_schedule(config.schedule, config.trainer.max_steps)

@@ -128,6 +128,7 @@ def build_trainer(
                     filename="step{step:08d}",
                     save_top_k=0,
                     save_last=True,
+                    enable_version_counter=False,  # always last.ckpt, also in a moved run directory (no last-v1)
                     every_n_train_steps=config.checkpoint_every_n_steps or config.max_steps,
                     save_on_train_epoch_end=False,
                 )

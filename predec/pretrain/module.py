@@ -999,7 +999,7 @@ def run_pretraining(
     pin_mmap_threshold()
     run = RunDir(run_dir or Path(config.output_dir) / config.name)
     ckpt_path = _resolve_resume(run, resume, overwrite)
-    if ckpt_path is not None and ckpt_path == run.last_checkpoint:
+    if ckpt_path is not None and ckpt_path.parent == run.checkpoints:
         run.check_same_config(config, ignore=RUNTIME_KEYS)
     if rank_zero_only.rank == 0:
         run.save_config(config)
