@@ -4,8 +4,11 @@ atomic writes; deterministic step-indexed sampling."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 
 import lightning as L
 import numpy as np
@@ -23,6 +26,7 @@ from predec.engine.checkpoint import (
     set_rng_states,
 )
 from predec.engine.datamodule import StepBatchSampler
+from predec.engine.run_dir import RunDir, RunLockedError
 from predec.engine.runner import load_dense_checkpoint
 
 STEPS = 12
@@ -234,3 +238,33 @@ def test_step_sampler_resumes_and_shards_deterministically():
     for step in range(4):
         assert ranks[0][step] + ranks[1][step] == single[step]
     assert full != list(StepBatchSampler(10, batch_size=3, seed=8, total_batches=9))
+
+
+def test_a_second_start_on_a_live_run_directory_is_refused(tmp_path):
+    """The run directory's lock names the live process holding it; a killed holder's lock is taken over."""
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=rf"{run} is in use by another process \(pid {holder.pid} on "):
+            train_dense(config(), run)
+        code = main(["train", "--config", "dense/synth_seg_fpn", "--run-dir", str(run), *OVERRIDES])
+        assert code == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train_dense(config(**{"trainer.max_steps": "3"}), run).step == 3  # the killed holder's lock is stale
+    assert (run / ".lock").is_file()
+    RunDir(run).lock()  # released at the end of the run: this process can take it again
+    RunDir(run).unlock()
+
+
+HOLD_LOCK = """
+import sys, time
+from predec.engine.run_dir import RunDir
+RunDir(sys.argv[1]).lock()
+print("locked", flush=True)
+time.sleep(600)
+"""

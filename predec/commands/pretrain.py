@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     from predec.data.io import DataError
     from predec.engine.guards import NonFiniteLossError
+    from predec.engine.run_dir import RunLockedError
     from predec.engine.runner import RunExistsError
     from predec.pretrain.module import PretrainConfig, run_pretraining
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"predec pretrain: stopped: {err}", file=sys.stderr)
         return 1
-    except (ConfigError, DataError, RunExistsError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, DataError, RunExistsError, RunLockedError, FileNotFoundError, ValueError) as err:
         print(f"predec pretrain: error: {err}", file=sys.stderr)
         return 2
     if rank_zero_only.rank == 0:  # under DDP every process returns here; one report is enough

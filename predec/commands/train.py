@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from predec.data.io import DataError
     from predec.engine.guards import NonFiniteLossError
+    from predec.engine.run_dir import RunLockedError
     from predec.engine.runner import RunExistsError, train_dense
 
     if not args.config:
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"predec train: stopped: {err}", file=sys.stderr)
         return 1
-    except (ConfigError, DataError, RunExistsError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, DataError, RunExistsError, RunLockedError, FileNotFoundError, ValueError) as err:
         print(f"predec train: error: {err}", file=sys.stderr)
         return 2
     if rank_zero_only.rank != 0:  # under DDP every process runs this command; one reports

@@ -4,6 +4,7 @@ Layout::
 
     <run>/
       config.yaml          the resolved config (every field)
+      .lock                held (flock) by the process running the run: a second start is refused
       status.json          {"state": "running" | "finished" | "failed", "step": ..., "message": ...}
       metrics.json         final evaluation metrics
       checkpoints/last.ckpt  the newest checkpoint (+ last.ckpt.sha256; the one before: last.previous.ckpt)
@@ -19,13 +20,24 @@ import csv
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from predec.config import ConfigError, diff_configs, load_config, save_config, to_dict
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not protected against concurrent starts there
+    fcntl = None  # type: ignore[assignment]
+
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+_HELD_LOCKS: dict[str, Any] = {}  # run directory (resolved) -> open lock file, for the locks this process holds
+
+
+class RunLockedError(FileExistsError):
+    """Another live process is running in the run directory."""
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -87,6 +99,45 @@ class RunDir:
     def model_dir(self) -> Path:
         return self.root / "model"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
+
+    def lock(self) -> None:
+        """Take the run directory for this process (an exclusive ``flock`` on ``.lock``, re-entrant in-process).
+
+        The kernel drops the lock when its process ends, so the lock of a killed run is taken over silently.
+
+        Raises:
+            RunLockedError: another live process holds it (the message names its pid and host).
+        """
+        key = str(self.root.resolve())
+        if fcntl is None or key in _HELD_LOCKS:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held open while the run lives
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that did not say"
+            handle.close()
+            raise RunLockedError(
+                f"Run directory {self.root} is in use by another process ({holder}). Wait for it to end or stop "
+                "it, or start this run in another directory (--run-dir, or name=...)."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        handle.flush()
+        _HELD_LOCKS[key] = handle
+
+    def unlock(self) -> None:
+        """Release this process's lock on the run directory (no-op if it holds none)."""
+        handle = _HELD_LOCKS.pop(str(self.root.resolve()), None)
+        if handle is not None:
+            handle.close()
+
     def create(self) -> RunDir:
         """Create the directory tree."""
         for path in (self.root, self.checkpoints, self.logs):
@@ -117,8 +168,11 @@ class RunDir:
         return json.loads(self.status_path.read_text(encoding="utf-8"))
 
     def set_status(self, state: str, **fields: Any) -> None:
-        """Record the run's state (``running``, ``finished``, ``failed``) with extra fields and a timestamp."""
+        """Record the run's state (``running``, ``finished``, ``failed``, ``interrupted``) with extra fields and a
+        timestamp; any state but ``running`` ends the run and releases its lock."""
         write_json(self.status_path, {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields})
+        if state != RUNNING:
+            self.unlock()
 
     @property
     def is_finished(self) -> bool:

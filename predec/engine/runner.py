@@ -186,10 +186,22 @@ def resolve_resume(run: RunDir, resume: str | Path | bool | None, overwrite: boo
     previous run (on rank 0) and starts fresh.
 
     Raises:
+        RunLockedError: another live process runs in the directory (rank 0 takes its lock here; the engine's final
+            status releases it).
         FileNotFoundError: the requested checkpoint does not exist.
         CorruptCheckpointError: the run's checkpoints exist but none passes its sha256 check.
         RunExistsError: the directory holds a finished run and neither ``resume`` nor ``overwrite`` is given.
     """
+    if rank_zero_only.rank == 0:
+        run.lock()
+    try:
+        return _checkpoint_to_start_from(run, resume, overwrite)
+    except BaseException:
+        run.unlock()
+        raise
+
+
+def _checkpoint_to_start_from(run: RunDir, resume: str | Path | bool | None, overwrite: bool) -> Path | None:
     if resume is True or resume == "last":
         path = newest_valid_checkpoint(run.last_checkpoint)
         if path is None:
