@@ -152,11 +152,30 @@ def test_save_and_load_reproduce_outputs_offline(tmp_path, monkeypatch, arch):
     assert callable(loaded.push_to_hub)
 
 
+def test_a_typoed_local_path_never_goes_to_the_hub(tmp_path, monkeypatch):
+    """'runs/modle' (a typo of a local run) is "no such path" with the hf-hub: spelling as a hint, not a Hub query."""
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("from_pretrained went to the network")
+
+    for name in ("hf_hub_download", "snapshot_download"):
+        monkeypatch.setattr(huggingface_hub, name, no_network)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"'runs/modle' is not a local .* write 'hf-hub:runs/modle'"):
+        predec.from_pretrained("runs/modle")
+    with pytest.raises(ValueError, match=r"must read 'hf-hub:org/name'"):
+        predec.from_pretrained("hf-hub:just-a-name")
+
+
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config.json"):
         predec.from_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"neither a save_pretrained directory"):
+    with pytest.raises(FileNotFoundError, match=r"here' is not a local directory or file \(no such path\)"):
         predec.from_pretrained(tmp_path / "nothing" / "here")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"notes.txt' is a file, not a save_pretrained directory"):
+        predec.from_pretrained(tmp_path / "notes.txt")
     tiny("fcn", "depth").save_pretrained(tmp_path / "saved")
     (tmp_path / "saved" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"model.safetensors"):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from predec.models.encoders import TimmBackbone, check_backbone_name
 from predec.models.heads import TASKS, build_head
-from predec.models.weights import WeightSpec, load_weights
+from predec.models.weights import HUB_PREFIX, WeightSpec, load_weights
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -328,12 +328,19 @@ def from_pretrained(path_or_repo: str | os.PathLike, **kwargs: Any) -> DenseMode
 
     Args:
         path_or_repo: a directory holding ``config.json`` + ``model.safetensors``; a ``.safetensors`` file with a
-            ``config.json`` beside it; or a Hugging Face Hub repo id (read from the cache when ``HF_HUB_OFFLINE=1``).
+            ``config.json`` beside it; or ``"hf-hub:org/name"``, a Hugging Face Hub repo (read from the cache when
+            ``HF_HUB_OFFLINE=1``). Anything else is a local path: a missing one never goes to the network.
         **kwargs: passed to ``huggingface_hub.ModelHubMixin.from_pretrained`` (``revision``, ``cache_dir``, ...).
 
     Returns:
         The model in eval mode.
     """
+    text = str(path_or_repo)
+    if text.startswith(HUB_PREFIX):
+        repo = text[len(HUB_PREFIX) :]
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise ValueError(f"Hub model {text!r} must read '{HUB_PREFIX}org/name'.")
+        return DenseModel.from_pretrained(repo, **kwargs).eval()
     path = Path(path_or_repo)
     if path.suffix == ".safetensors":
         config_file = path.with_name(CONFIG_NAME)
@@ -351,9 +358,13 @@ def from_pretrained(path_or_repo: str | os.PathLike, **kwargs: Any) -> DenseMode
             raise FileNotFoundError(
                 f"{str(path / CONFIG_NAME)!r} not found: {str(path)!r} is not a directory written by save_pretrained."
             )
-    elif path.exists() or str(path_or_repo).count("/") != 1:
+        return DenseModel.from_pretrained(path, **kwargs).eval()
+    if path.exists():
         raise FileNotFoundError(
-            f"{str(path_or_repo)!r} is neither a save_pretrained directory, a .safetensors file with {CONFIG_NAME} "
-            "beside it, nor a Hub repo id 'org/name'."
+            f"{text!r} is a file, not a save_pretrained directory nor a .safetensors file with {CONFIG_NAME} beside it."
         )
-    return DenseModel.from_pretrained(path_or_repo, **kwargs).eval()
+    hint = f" For a Hugging Face Hub repo write '{HUB_PREFIX}{text}'." if text.count("/") == 1 else ""
+    raise FileNotFoundError(
+        f"{text!r} is not a local directory or file (no such path): expected a save_pretrained directory or a "
+        f".safetensors file with {CONFIG_NAME} beside it.{hint}"
+    )
