@@ -267,6 +267,19 @@ class EvalConfig:
     min_depth: float = 1e-3
     max_depth: float | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse a protocol that could only fail after training (checked when the recipe loads)."""
+        if self.mode == "slide":
+            for key in ("crop_size", "stride"):
+                value = getattr(self, key)
+                if value is None or len(value) != 2 or min(value) < 1:
+                    raise ConfigError(
+                        f"eval.mode='slide' needs eval.{key} as [H, W] of positive pixels, got {value!r}; "
+                        "e.g. eval.crop_size=[512,512] eval.stride=[341,341] (or eval.mode=whole)."
+                    )
+        if self.max_depth is not None and self.max_depth <= self.min_depth:
+            raise ConfigError(f"eval.max_depth={self.max_depth} must exceed eval.min_depth={self.min_depth}.")
+
 
 @dataclass
 class DenseConfig:

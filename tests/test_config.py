@@ -133,3 +133,13 @@ def test_bad_yaml_file(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_config(path)
+
+
+def test_slide_evaluation_without_a_window_is_refused_when_the_recipe_loads():
+    """Not after training: the protocol is checked at load time, naming the key and a valid value."""
+    with pytest.raises(ConfigError, match=r"eval.mode='slide' needs eval.crop_size as \[H, W\].*got None"):
+        load_config("dense/synth_seg_fpn", ["eval.mode=slide"])
+    with pytest.raises(ConfigError, match=r"needs eval.stride .* got \[0, 4\]"):
+        load_config("dense/synth_seg_fpn", ["eval.mode=slide", "eval.crop_size=[32,32]", "eval.stride=[0,4]"])
+    config = load_config("dense/synth_seg_fpn", ["eval.mode=slide", "eval.crop_size=[32,32]", "eval.stride=[16,16]"])
+    assert config.eval.crop_size == [32, 32]
