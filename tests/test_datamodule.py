@@ -83,3 +83,24 @@ def test_shards_cover_each_item_once_and_collate_names_mixed_sizes():
     ]
     with pytest.raises(ValueError, match=r"different image sizes.*a\.png.*b\.png"):
         collate_samples(samples)
+
+
+def test_depth_in_the_wrong_unit_is_refused_naming_the_file_and_the_fix(tmp_path, capsys):
+    """16-bit depth stored ×10 (every pixel beyond max_depth) must not train silently: exit 2, the file, the fix."""
+    import numpy as np
+
+    from predec.cli import main
+    from predec.data.io import read_depth, write_depth
+
+    write_synthetic(tmp_path, 4, size=(32, 32), progress=False)
+    for path in (tmp_path / "nyu").rglob("*depth*.png"):
+        write_depth(path, np.minimum(read_depth(path, 1e-3) * 10, 65.0), 1e-3)  # millimetres ×10
+    argv = ["train", "--config", "dense/synth_depth_fpn", "--run-dir", str(tmp_path / "run")]
+    argv += ["data.dataset=nyu", f"data.root={tmp_path / 'nyu'}", "data.train_split=train.txt"]
+    argv += ["data.val_split=test.txt", "data.crop_size=[32, 32]", "data.batch_size=2", "model.encoder=test_resnet"]
+    argv += ["trainer.max_steps=2", "schedule.warmup_steps=1", "trainer.progress_bar=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "predec train: error: " in err and "/nyu/train/sync_depth_0000" in err and ".png: 100% of the valid" in err
+    assert "lie outside the model's range (0, 10] m" in err and "set data.reader_kwargs.depth_scale=0.0001" in err
+    assert main([*argv[:5], "--overwrite", *argv[5:], "data.reader_kwargs={depth_scale: 1.0e-4}"]) == 0

@@ -8,6 +8,7 @@ Every reader in :mod:`predec.data.datasets` goes through these functions, so a b
 - :func:`check_labels`: values must be class ids ``0..num_classes-1`` or the ignore index 255.
 - :func:`read_depth`: 16-bit PNG → float32 metres (``value * scale``, 0 = invalid); 8-bit PNGs are rejected.
 - :func:`check_same_size`: image and label/depth must have the same height and width.
+- :func:`check_depth_range`: most valid depths of a sample must lie in the model's range (a wrong unit is named).
 - :func:`read_split_file`: whitespace-separated columns per line, ``#`` comments and blank lines skipped.
 
 The writers (:func:`write_image`, :func:`write_label`, :func:`write_depth`) produce the same formats, losslessly.
@@ -236,3 +237,49 @@ def write_depth(path: str | Path, depth: np.ndarray, scale: float) -> None:
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(units.astype(np.uint16)).save(path, compress_level=_PNG_COMPRESS_LEVEL)
+
+
+DEPTH_OUT_OF_RANGE_FRACTION = 0.5
+"""A sample with more of its valid depths outside (min_depth, max_depth] than this is refused (wrong unit)."""
+UNIT_FACTORS = {"×10": 10.0, "×100": 100.0, "×256": 256.0, "×1000": 1000.0}
+"""Unit mistakes the depth check names: the smallest factor that brings the median into range."""
+
+
+def check_depth_range(
+    depth: np.ndarray, min_depth: float, max_depth: float, where: str, depth_scale: float | None = None
+) -> None:
+    """Refuse a depth map whose valid values (> 0) lie mostly outside ``(min_depth, max_depth]`` metres: the file's
+    unit or the reader's ``depth_scale`` is wrong, and training on it would silently learn clipped targets.
+
+    Args:
+        depth: (H, W) or (1, H, W) metres, 0 (or non-finite) = no measurement.
+        min_depth: lower bound of the model's range (metres).
+        max_depth: upper bound (metres).
+        where: the file (or sample) named in the error.
+        depth_scale: the reader's metres per PNG unit, if known (the error then gives the corrected value).
+
+    Raises:
+        DataError: naming ``where``, the fraction outside, the median, and the factor that brings it in range.
+    """
+    values = np.asarray(depth, dtype=np.float64)
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0:
+        return
+    outside = float(np.mean((values <= min_depth) | (values > max_depth)))
+    if outside <= DEPTH_OUT_OF_RANGE_FRACTION:
+        return
+    median = float(np.median(values))
+    hint = ""
+    for name, factor in UNIT_FACTORS.items():
+        for ratio, size in ((1 / factor, "large"), (factor, "small")):
+            if min_depth < median * ratio <= max_depth:
+                fix = f"data.reader_kwargs.depth_scale={depth_scale * ratio:.6g}" if depth_scale else "its depth_scale"
+                hint = f" The values look {name} too {size}: set {fix}."
+                break
+        if hint:
+            break
+    raise DataError(
+        f"{where}: {outside:.0%} of the valid depths lie outside the model's range ({min_depth:g}, {max_depth:g}] m "
+        f"(median {median:.4g} m): the depth unit or the reader's depth_scale is wrong.{hint} "
+        "(NYU-Depth-v2 PNGs hold millimetres, depth_scale 0.001; KITTI's hold metres × 256, depth_scale 1/256.)"
+    )

@@ -120,7 +120,27 @@ class DenseModule(L.LightningModule):
         return loss, {"ce": loss.detach()}
 
     # --------------------------------------------------------------------------------------------------- training
+    def check_depth_targets(self, batch: dict[str, Any]) -> None:
+        """Refuse a batch whose depth targets lie mostly outside the model's (min_depth, max_depth]: a wrong unit
+        (:func:`predec.data.io.check_depth_range` names the first such file and the fix). One comparison per pixel.
+        """
+        depth = batch.get("depth") if self.task == "depth" else None
+        if depth is None:
+            return
+        model_cfg = self.config.model
+        valid = torch.isfinite(depth) & (depth > 0)
+        outside = valid & ((depth <= model_cfg.min_depth) | (depth > model_cfg.max_depth))
+        if outside.sum() * 2 <= valid.sum():
+            return
+        from predec.data.io import check_depth_range
+
+        for sample, meta in zip(depth, batch.get("meta") or [{}] * len(depth)):
+            where = meta.get("depth_path") or meta.get("path") or f"sample {meta.get('index', '?')}"
+            values = sample.detach().float().cpu().numpy()
+            check_depth_range(values, model_cfg.min_depth, model_cfg.max_depth, where, meta.get("depth_scale"))
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        self.check_depth_targets(batch)
         outputs = self(batch["image"])
         loss, terms = self.loss(outputs, batch)
         check_finite_loss(loss, self.global_step, terms, trainer=self.trainer)
@@ -206,6 +226,7 @@ class DenseModule(L.LightningModule):
         self._accumulator = self._new_accumulator()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.check_depth_targets(batch)
         outputs = self.inference(batch["image"])
         target = batch["depth"] if self.task == "depth" else batch["labels"]
         if outputs.shape[-2:] != target.shape[-2:]:

@@ -196,6 +196,7 @@ class DepthSplitDataset(SampleDataset):
         meta = {"dataset": self.name, "index": index, "path": str(rgb_path), "focal": focal, **extra}
         if depth_path is not None:
             meta["depth_path"] = str(depth_path)
+            meta["depth_scale"] = self.depth_scale
         return make_sample(image, depth=depth, meta=meta)
 
     def _repr_fields(self) -> dict[str, Any]:

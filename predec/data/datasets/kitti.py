@@ -30,6 +30,8 @@ class KITTIEigen(DepthSplitDataset):
         root: directory the image paths are relative to.
         split_file: the split file (as given, or relative to ``root``).
         gt_root: directory the depth paths are relative to; ``None`` = ``root``.
+        depth_scale: metres per PNG unit (default ``KITTI_DEPTH_SCALE``, metres × 256: 1/256);
+            ``data.reader_kwargs.depth_scale`` for copies stored in another unit.
         kb_crop: crop image and depth to 352x1216 from the bottom centre (``top = H - 352``,
             ``left = (W - 1216) // 2``); the offset goes to ``meta["crop_offset"] = (top, left)``.
         keep_without_depth: keep lines whose depth is ``None`` (samples without depth) instead of skipping them.
@@ -44,6 +46,7 @@ class KITTIEigen(DepthSplitDataset):
         split_file: str | Path,
         *,
         gt_root: str | Path | None = None,
+        depth_scale: float = KITTI_DEPTH_SCALE,
         kb_crop: bool = False,
         keep_without_depth: bool = False,
         transform: Transform | None = None,
@@ -52,7 +55,7 @@ class KITTIEigen(DepthSplitDataset):
         super().__init__(
             root,
             split_file,
-            depth_scale=KITTI_DEPTH_SCALE,
+            depth_scale=depth_scale,
             gt_root=gt_root,
             keep_without_depth=keep_without_depth,
             transform=transform,

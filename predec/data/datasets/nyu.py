@@ -23,6 +23,8 @@ class NYUDepthV2(DepthSplitDataset):
         root: directory the image paths are relative to.
         split_file: the split file (as given, or relative to ``root``).
         gt_root: directory the depth paths are relative to; ``None`` = ``root``.
+        depth_scale: metres per PNG unit (default ``NYU_DEPTH_SCALE``, millimetres: 0.001);
+            ``data.reader_kwargs.depth_scale`` for copies stored in another unit.
         keep_without_depth: keep lines whose depth is ``None`` (samples without depth) instead of skipping them.
         transform: applied to the sample dict.
     """
@@ -35,13 +37,14 @@ class NYUDepthV2(DepthSplitDataset):
         split_file: str | Path,
         *,
         gt_root: str | Path | None = None,
+        depth_scale: float = NYU_DEPTH_SCALE,
         keep_without_depth: bool = False,
         transform: Transform | None = None,
     ) -> None:
         super().__init__(
             root,
             split_file,
-            depth_scale=NYU_DEPTH_SCALE,
+            depth_scale=depth_scale,
             gt_root=gt_root,
             keep_without_depth=keep_without_depth,
             transform=transform,
