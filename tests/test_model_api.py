@@ -180,3 +180,30 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "saved" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"model.safetensors"):
         predec.from_pretrained(tmp_path / "saved")
+
+
+def test_a_torn_saved_model_is_one_error_line_in_every_reader(tmp_path, capsys):
+    """A truncated model.safetensors: from_pretrained raises ValueError naming the file; predict, export and eval
+    exit 2 with one line naming it (no SafetensorError traceback)."""
+    import numpy as np
+
+    from predec.cli import main
+    from predec.data.io import write_image
+
+    tiny("fcn", "segmentation").save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"model\.safetensors' \(SafetensorError: .*corrupt, truncated"):
+        predec.from_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"model\.safetensors' into 'fcn' \(SafetensorError: .*truncated or corrupt"):
+        predec.DenseModel.from_pretrained(tmp_path / "model")
+    write_image(tmp_path / "image.png", np.zeros((32, 32, 3), np.uint8))
+    model = str(tmp_path / "model")
+    for argv in (
+        ["predict", "--checkpoint", model, str(tmp_path / "image.png"), "--out", str(tmp_path / "predictions")],
+        ["export", "--checkpoint", model, "--onnx", str(tmp_path / "model.onnx")],
+        ["eval", "--config", "dense/synth_seg_fpn", "--checkpoint", model, "data.num_val=2"],
+    ):
+        assert main(argv) == 2, argv[0]
+        lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(lines) == 1 and lines[0].startswith(f"predec {argv[0]}: error: ") and str(weights) in lines[0]

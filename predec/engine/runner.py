@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import safetensors.torch
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -22,6 +21,7 @@ from predec.engine.datamodule import DenseDataModule, check_task
 from predec.engine.dense import DenseModule, architecture_mismatch
 from predec.engine.run_dir import FAILED, FINISHED, RUNNING, RunDir
 from predec.engine.trainer import build_trainer
+from predec.models.weights import read_state_dict
 from predec.optim import check_schedule
 
 logger = logging.getLogger(__name__)
@@ -100,13 +100,13 @@ def load_dense_checkpoint(path: str | Path) -> DenseCheckpoint:
         if not weights.is_file() or not config_file.is_file():
             raise FileNotFoundError(f"{path} is a directory without config.json + model.safetensors (save_pretrained).")
         model_config = _model_config_from_json(json.loads(config_file.read_text()))
-        return DenseCheckpoint(path, safetensors.torch.load_file(str(weights)), model_config=model_config)
+        return DenseCheckpoint(path, read_state_dict(weights), model_config=model_config)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} not found.")
     if path.suffix == ".safetensors":
         config_file = path.with_name("config.json")
         model_config = _model_config_from_json(json.loads(config_file.read_text())) if config_file.is_file() else None
-        return DenseCheckpoint(path, safetensors.torch.load_file(str(path)), model_config=model_config)
+        return DenseCheckpoint(path, read_state_dict(path), model_config=model_config)
     raw = read_checkpoint(path)
     config = (raw.get("hyper_parameters") or {}).get("config")
     state = raw.get("state_dict", raw.get("model", raw))

@@ -265,7 +265,13 @@ class DenseModel(
                 token=token,
                 local_files_only=local_files_only,
             )
-        missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=strict, device=map_location)
+        try:
+            missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=strict, device=map_location)
+        except (safetensors.SafetensorError, RuntimeError, OSError) as err:  # torn file, or another architecture
+            raise ValueError(
+                f"Cannot load {str(weights)!r} into {model_kwargs.get('arch')!r} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:300]}): the file is truncated or corrupt, or was saved from another model."
+            ) from err
         if missing or unexpected:
             raise ValueError(f"{weights}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}.")
         return model
@@ -342,6 +348,12 @@ def from_pretrained(path_or_repo: str | os.PathLike, **kwargs: Any) -> DenseMode
             raise ValueError(f"Hub model {text!r} must read '{HUB_PREFIX}org/name'.")
         return DenseModel.from_pretrained(repo, **kwargs).eval()
     path = Path(path_or_repo)
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"{str(path / CONFIG_NAME)!r} not found: {str(path)!r} is not a directory written by save_pretrained."
+            )
+        path = path / WEIGHTS_NAME  # read like a .safetensors file: corrupt or foreign files get predec's errors
     if path.suffix == ".safetensors":
         config_file = path.with_name(CONFIG_NAME)
         for needed in (path, config_file):
@@ -353,12 +365,6 @@ def from_pretrained(path_or_repo: str | os.PathLike, **kwargs: Any) -> DenseMode
         model = DenseModel(**config)
         load_weights(model, path, part="model")
         return model.eval()
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(
-                f"{str(path / CONFIG_NAME)!r} not found: {str(path)!r} is not a directory written by save_pretrained."
-            )
-        return DenseModel.from_pretrained(path, **kwargs).eval()
     if path.exists():
         raise FileNotFoundError(
             f"{text!r} is a file, not a save_pretrained directory nor a .safetensors file with {CONFIG_NAME} beside it."
