@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -463,6 +464,34 @@ def from_dict(schema: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         )
     values = {name: _convert(hints[name], data[name], _join(prefix, name)) for name in fields if name in data}
     return schema(**values)
+
+
+def check_options(target: Callable[..., Any], options: Mapping[str, Any], key: str, fixed: Sequence[str] = ()) -> None:
+    """Refuse keyword options that ``target`` does not take, before calling it (a TypeError deep in a build would
+    not say which config key was wrong).
+
+    Args:
+        target: the class or function the options go to.
+        options: the keyword options (a config mapping such as ``model.decoder_kwargs``).
+        key: the config key they come from, named in the error.
+        fixed: parameters the caller passes itself (not valid as options).
+
+    Raises:
+        ConfigError: an unknown option, with the closest valid one and the list of valid ones.
+    """
+    parameters = inspect.signature(target).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    valid = [p.name for p in parameters if p.kind in kinds and p.name not in fixed]
+    unknown = [name for name in options if name not in valid]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        name = getattr(target, "__qualname__", repr(target))
+        raise ConfigError(
+            f"Unknown option {key}.{unknown[0]} for {name}.{hint} Valid options: {', '.join(valid) or 'none'}."
+        )
 
 
 def to_dict(config: Any) -> dict[str, Any]:

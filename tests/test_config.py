@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from predec.config import (
@@ -143,3 +145,28 @@ def test_slide_evaluation_without_a_window_is_refused_when_the_recipe_loads():
         load_config("dense/synth_seg_fpn", ["eval.mode=slide", "eval.crop_size=[32,32]", "eval.stride=[0,4]"])
     config = load_config("dense/synth_seg_fpn", ["eval.mode=slide", "eval.crop_size=[32,32]", "eval.stride=[16,16]"])
     assert config.eval.crop_size == [32, 32]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.decoder_kwargs={chanels: 64}"],
+            r"Unknown option model.decoder_kwargs.chanels for FPN. "
+            r"Did you mean 'channels'\? Valid options: ",
+        ),
+        (["data.reader_kwargs={bogus: 1}"], r"data.reader_kwargs: unknown render option\(s\) \['bogus'\]; valid"),
+    ],
+)
+def test_unknown_model_and_reader_options_are_one_error_line(tmp_path, capsys, overrides, message):
+    """Not a TypeError traceback from deep inside the build: exit 2 naming the config key and the valid options."""
+    from predec.cli import main
+
+    argv = ["train", "--config", "dense/synth_seg_fpn", "--run-dir", str(tmp_path), "model.encoder=test_resnet"]
+    assert (
+        main(
+            [*argv, "data.num_train=4", "data.num_val=2", "trainer.max_steps=2", "schedule.warmup_steps=1", *overrides]
+        )
+        == 2
+    )
+    assert re.search(message, capsys.readouterr().err)

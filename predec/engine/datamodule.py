@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from predec.config import DataConfig
+from predec.config import ConfigError, DataConfig, check_options
 
 SEGMENTATION_READERS = ("voc", "cityscapes", "ade20k")
 DEPTH_READERS = ("nyu", "kitti")
@@ -202,31 +202,36 @@ def check_task(config: DataConfig, task: str, num_classes: int | None) -> None:
 
 
 def build_dataset(config: DataConfig, train: bool, transform: Any) -> Dataset:
-    """The training (``train=True``) or evaluation set of ``config``, with ``transform`` applied to samples."""
+    """The training (``train=True``) or evaluation set of ``config``, with ``transform`` applied to samples.
+
+    Raises:
+        ConfigError: a reader option (``data.reader_kwargs`` / ``data.train_reader_kwargs``) the reader does not take.
+        ValueError: an unknown dataset, or a reader dataset without ``data.root``.
+    """
     split = config.train_split if train else config.val_split
     kwargs = {**config.reader_kwargs, **(config.train_reader_kwargs if train else {})}
+    key = "data.train_reader_kwargs" if train and config.train_reader_kwargs else "data.reader_kwargs"
     if config.dataset == "synth":
         from predec.data.synthetic import SynthScenes
 
+        check_options(SynthScenes, kwargs, key, fixed=("num", "size", "seed", "transform"))
         num = config.num_train if train else config.num_val
         seed = config.synth_seed if train else config.synth_seed + 1
-        return SynthScenes(num, size=tuple(config.image_size), seed=seed, transform=transform, **kwargs)
+        try:
+            return SynthScenes(num, size=tuple(config.image_size), seed=seed, transform=transform, **kwargs)
+        except TypeError as err:  # an unknown render option
+            raise ConfigError(f"{key}: {err}") from err
+    from predec.data import datasets
+
+    readers = {"nyu": datasets.NYUDepthV2, "kitti": datasets.KITTIEigen, "voc": datasets.PascalVOC}
+    readers |= {"cityscapes": datasets.Cityscapes, "ade20k": datasets.ADE20K}
+    if config.dataset not in readers:
+        raise ValueError(f"data.dataset={config.dataset!r} is not one of {', '.join(DATASETS)}.")
     root = config.root if train else (config.val_root or config.root)
     if root is None:
         raise ValueError(f"data.dataset={config.dataset!r} needs data.root (the dataset directory).")
-    from predec.data import datasets
-
-    if config.dataset == "nyu":
-        return datasets.NYUDepthV2(root, split, transform=transform, **kwargs)
-    if config.dataset == "kitti":
-        return datasets.KITTIEigen(root, split, transform=transform, **kwargs)
-    if config.dataset == "voc":
-        return datasets.PascalVOC(root, split, transform=transform, **kwargs)
-    if config.dataset == "cityscapes":
-        return datasets.Cityscapes(root, split, transform=transform, **kwargs)
-    if config.dataset == "ade20k":
-        return datasets.ADE20K(root, split, transform=transform, **kwargs)
-    raise ValueError(f"data.dataset={config.dataset!r} is not one of {', '.join(DATASETS)}.")
+    check_options(readers[config.dataset], kwargs, key, fixed=("root", "split_file", "transform"))
+    return readers[config.dataset](root, split, transform=transform, **kwargs)
 
 
 class DenseDataModule(L.LightningDataModule):

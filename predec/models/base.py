@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+from predec.config import check_options
 from predec.models.encoders import TimmBackbone, check_backbone_name
 from predec.models.heads import TASKS, build_head
 from predec.models.weights import HUB_PREFIX, WeightSpec, load_weights
@@ -133,10 +134,8 @@ class DenseModel(
                 f"decoder={decoder!r} names a ×Net decoder backbone, but arch={arch!r} builds its own decoder: "
                 "leave decoder=None, or use arch='xnet'."
             )
-        try:
-            self.decoder = decoders[arch](self.encoder.channels, self.encoder.reductions, **decoder_kwargs)
-        except TypeError as err:
-            raise TypeError(f"Cannot build the {arch!r} decoder with options {decoder_kwargs}: {err}") from err
+        check_options(decoders[arch], decoder_kwargs, "model.decoder_kwargs", fixed=("in_channels", "in_reductions"))
+        self.decoder = decoders[arch](self.encoder.channels, self.encoder.reductions, **decoder_kwargs)
         self.head = build_head(
             task, self.decoder.out_channels, num_classes=num_classes, max_depth=max_depth, min_depth=min_depth
         )
