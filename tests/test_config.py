@@ -170,3 +170,25 @@ def test_unknown_model_and_reader_options_are_one_error_line(tmp_path, capsys, o
         == 2
     )
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.accelerator=gpu", r"trainer.accelerator='gpu' .*No supported gpu backend found!.* CUDA GPU"),
+        ("trainer.devices=abc", r"trainer.devices='abc' .*should be an int > 0"),
+    ],
+)
+def test_an_unusable_accelerator_or_device_count_is_one_error_line_and_a_failed_status(
+    tmp_path, capsys, override, message
+):
+    """Lightning's MisconfigurationException / TypeError become exit 2 naming the keys; status.json says failed."""
+    import json
+
+    from predec.cli import main
+
+    argv = ["train", "--config", "dense/synth_seg_fpn", "--run-dir", str(tmp_path), "model.encoder=test_resnet"]
+    assert main([*argv, "data.num_train=4", "trainer.max_steps=2", "schedule.warmup_steps=1", override]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err)
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "failed"

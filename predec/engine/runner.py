@@ -230,6 +230,15 @@ def _checkpoint_to_start_from(run: RunDir, resume: str | Path | bool | None, ove
     return None
 
 
+def end_run(run: RunDir, err: BaseException, trainer: L.Trainer | None, start_step: int | None) -> None:
+    """Record a run that stopped on ``err`` (status ``failed``, or ``interrupted`` for Ctrl-C), on rank 0; before
+    the trainer existed the step is the one it started from."""
+    if rank_zero_only.rank == 0:
+        state = FAILED if isinstance(err, Exception) else "interrupted"
+        step = trainer.global_step if trainer is not None else start_step or 0
+        run.set_status(state, step=step, message=str(err))
+
+
 def train_dense(
     config: DenseConfig,
     run_dir: str | Path | None = None,
@@ -273,18 +282,20 @@ def train_dense(
         run.save_config(config)
         run.set_status(RUNNING, resumed_from=str(ckpt_path) if ckpt_path else None)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    module = DenseModule(config, build_weights=ckpt_path is None)
-    datamodule = DenseDataModule(
-        config.data, config.model.task, config.seed, config.trainer.max_steps, config.trainer.accumulate_grad_batches
-    )
-    trainer = build_trainer(
-        config.trainer,
-        run,
-        callbacks=callbacks,
-        grad_clip_norm=config.optim.grad_clip_norm,
-        csv_version=f"resumed_step{resumed_step}" if ckpt_path else "",
-    )
+    trainer = None
     try:
+        module = DenseModule(config, build_weights=ckpt_path is None)
+        trainer_cfg = config.trainer
+        datamodule = DenseDataModule(
+            config.data, config.model.task, config.seed, trainer_cfg.max_steps, trainer_cfg.accumulate_grad_batches
+        )
+        trainer = build_trainer(
+            config.trainer,
+            run,
+            callbacks=callbacks,
+            grad_clip_norm=config.optim.grad_clip_norm,
+            csv_version=f"resumed_step{resumed_step}" if ckpt_path else "",
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt(f"Training interrupted at step {trainer.global_step}.")
@@ -294,9 +305,7 @@ def train_dense(
         if module.last_metrics_step != trainer.global_step or not module.last_metrics:
             trainer.validate(module, datamodule=datamodule, verbose=False)
     except BaseException as err:
-        if trainer.is_global_zero:
-            state = FAILED if isinstance(err, Exception) else "interrupted"
-            run.set_status(state, step=trainer.global_step, message=str(err))
+        end_run(run, err, trainer, resumed_step)
         raise
     metrics = {
         "task": config.model.task,

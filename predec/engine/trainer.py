@@ -18,10 +18,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from predec.config import TrainerConfig
+from predec.config import ConfigError, TrainerConfig
 from predec.engine.checkpoint import AtomicCheckpointIO, RNGStateCallback
 from predec.engine.guards import NonFiniteGradientGuard
 from predec.engine.run_dir import RunDir
@@ -143,6 +144,25 @@ def build_trainer(
     warnings.filterwarnings("ignore", message=".*does not have many workers which may be a bottleneck.*")
     # Evaluation metrics are reduced by DenseModule itself (metric states are SUM-reduced), not by self.log.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    try:
+        return _trainer(config, run_dir, training, grad_clip_norm, loggers, all_callbacks)
+    except (MisconfigurationException, TypeError, ValueError) as err:  # Lightning's checks of devices/accelerator
+        gpus = torch.cuda.device_count()
+        raise ConfigError(
+            f"trainer.accelerator={config.accelerator!r} trainer.devices={config.devices!r} "
+            f"trainer.strategy={config.strategy!r}: {err} This machine has {gpus} CUDA GPU(s); use "
+            "trainer.accelerator=cpu (or auto) and trainer.devices as a count (e.g. 1, 2), a list of ids or auto."
+        ) from err
+
+
+def _trainer(
+    config: TrainerConfig,
+    run_dir: RunDir | None,
+    training: bool,
+    grad_clip_norm: float | None,
+    loggers: list,
+    all_callbacks: list[L.Callback],
+) -> L.Trainer:
     return L.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,

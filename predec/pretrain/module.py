@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from predec.config import ConfigError, OptimConfig, ScheduleConfig, TrainerConfig, from_dict, to_dict
 from predec.engine.datamodule import SeededSamples, ShardSampler, StepBatchSampler
 from predec.engine.guards import check_finite_loss
-from predec.engine.run_dir import FAILED, FINISHED, RUNNING, RunDir
+from predec.engine.run_dir import FINISHED, RUNNING, RunDir
 from predec.engine.trainer import build_trainer, uses_cuda, world_size
 from predec.models.decoders.base import DecoderOutput
 from predec.models.encoders import TimmBackbone
@@ -993,7 +993,7 @@ def run_pretraining(
         RunExistsError: the run directory holds a finished run and ``overwrite`` is False.
         ConfigError / ValueError: contradictory settings, a decoder without usable levels, a foreign checkpoint.
     """
-    from predec.engine.runner import _resolve_resume
+    from predec.engine.runner import _resolve_resume, end_run
 
     check_pretrain_config(config)
     pin_mmap_threshold()
@@ -1005,16 +1005,17 @@ def run_pretraining(
         run.save_config(config)
         run.set_status(RUNNING, resumed_from=str(ckpt_path) if ckpt_path else None)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    module = build_module(config, build_weights=ckpt_path is None)
-    datamodule = build_datamodule(config)
-    trainer = build_trainer(
-        effective_trainer_config(config.trainer),
-        run,
-        callbacks=callbacks,
-        grad_clip_norm=config.optim.grad_clip_norm,
-        csv_version=f"resumed_{ckpt_path.stem}" if ckpt_path else "",
-    )
+    trainer = None
     try:
+        module = build_module(config, build_weights=ckpt_path is None)
+        datamodule = build_datamodule(config)
+        trainer = build_trainer(
+            effective_trainer_config(config.trainer),
+            run,
+            callbacks=callbacks,
+            grad_clip_norm=config.optim.grad_clip_norm,
+            csv_version=f"resumed_{ckpt_path.stem}" if ckpt_path else "",
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt(f"Pre-training interrupted at step {trainer.global_step}.")
@@ -1024,9 +1025,7 @@ def run_pretraining(
         if config.method == "supervised":
             trainer.validate(module, datamodule=datamodule, verbose=False)
     except BaseException as err:
-        if trainer.is_global_zero:
-            state = FAILED if isinstance(err, Exception) else "interrupted"
-            run.set_status(state, step=trainer.global_step, message=str(err))
+        end_run(run, err, trainer, None)
         raise
     metrics: dict[str, Any] = {"method": config.method, "step": trainer.global_step}
     metrics["checkpoint"] = str(run.last_checkpoint)
