@@ -44,7 +44,7 @@ def test_export_cli_xnet_from_save_pretrained_dir(tmp_path, capsys):
     assert "onnxruntime vs PyTorch at 2×96×160" in out and " ok" in out
     assert check_onnx(model, onnx_file, size=(128, 64), batch_size=3) <= 1e-4
     assert main(["export", "--checkpoint", str(tmp_path / "nowhere"), "--onnx", str(onnx_file)]) == 2
-    assert "neither a save_pretrained directory" in capsys.readouterr().err
+    assert "nowhere' is not a local directory or file (no such path)" in capsys.readouterr().err
 
 
 def test_export_cli_from_train_checkpoint(tmp_path, capsys):
