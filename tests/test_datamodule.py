@@ -104,3 +104,23 @@ def test_depth_in_the_wrong_unit_is_refused_naming_the_file_and_the_fix(tmp_path
     assert "predec train: error: " in err and "/nyu/train/sync_depth_0000" in err and ".png: 100% of the valid" in err
     assert "lie outside the model's range (0, 10] m" in err and "set data.reader_kwargs.depth_scale=0.0001" in err
     assert main([*argv[:5], "--overwrite", *argv[5:], "data.reader_kwargs={depth_scale: 1.0e-4}"]) == 0
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_torn_image_is_the_same_one_line_with_and_without_loader_workers(tmp_path, capsys, workers):
+    """A DataError raised in a DataLoader worker process reaches the user as the worker's own line, not torch's
+    'Caught DataError in DataLoader worker process 0' with the worker's traceback."""
+    from predec.cli import main
+
+    write_synthetic(tmp_path, 4, size=(32, 32), progress=False)
+    for image in (tmp_path / "nyu" / "train").glob("rgb_*.png"):
+        image.write_bytes(image.read_bytes()[:100])
+    argv = ["train", "--config", "dense/synth_depth_fpn", "--run-dir", str(tmp_path / "run")]
+    argv += ["data.dataset=nyu", f"data.root={tmp_path / 'nyu'}", "data.train_split=train.txt"]
+    argv += ["data.val_split=test.txt", "data.crop_size=[32, 32]", "data.batch_size=2", "model.encoder=test_resnet"]
+    argv += ["trainer.max_steps=2", "schedule.warmup_steps=1", "trainer.progress_bar=false"]
+    assert main([*argv, f"data.num_workers={workers}"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("INFO")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("predec train: error: ") and "/nyu/train/rgb_0000" in lines[0]
+    assert "unreadable or truncated image" in lines[0]

@@ -6,6 +6,18 @@ import argparse
 from pathlib import Path
 
 
+def error_message(err: BaseException) -> str:
+    """The one line a command prints for a user-caused error: its message; for an error a DataLoader worker raised
+    (torch re-raises it as ``Caught X in DataLoader worker process N.`` + the worker's traceback), the worker's own
+    message, so a bad file reads the same with and without ``data.num_workers``."""
+    text = str(err)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        _, found, message = last.partition(f"{type(err).__name__}: ")
+        text = message if found else last
+    return text
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, listed: str) -> None:
     """The options ``train`` and ``pretrain`` share: recipe, run directory, resume/overwrite, recipe listing.
 

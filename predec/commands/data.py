@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from predec.commands import error_message
 from predec.data.datasets.synth_layout import write_synthetic
 from predec.data.synthetic import LABEL_MODES
 
@@ -63,7 +64,7 @@ def _run_synth(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     except (FileExistsError, ValueError) as err:
-        print(f"predec data synth: error: {err}", file=sys.stderr)
+        print(f"predec data synth: error: {error_message(err)}", file=sys.stderr)
         return 2
     splits = record["splits"]
     print(f"wrote {args.num} scenes ({splits['train']} train, {splits['val']} val) to {args.out}")

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from predec.commands import error_message
 from predec.config import ConfigError, load_config
 
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         config = resolve_eval_config(checkpoint, config, args.overrides)
         record = evaluate_dense(config, checkpoint, args.out)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
-        print(f"predec eval: error: {err}", file=sys.stderr)
+        print(f"predec eval: error: {error_message(err)}", file=sys.stderr)
         return 2
     if rank_zero_only.rank != 0:  # under DDP every process runs this command; one reports
         return 0

@@ -17,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from predec.commands import error_message
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``export`` options to ``parser``."""
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             model = predec.from_pretrained(checkpoint)
         path = export_onnx(model, args.onnx, size=tuple(args.size), opset=args.opset, dynamo=args.dynamo)
     except (FileNotFoundError, ValueError, TypeError) as err:
-        print(f"predec export: error: {err}", file=sys.stderr)
+        print(f"predec export: error: {error_message(err)}", file=sys.stderr)
         return 2
     print(f"wrote {path} (input 'image' (batch, {model.in_chans}, height, width), dynamic batch/height/width)")
     if args.no_check:

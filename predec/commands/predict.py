@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from predec.commands import error_message
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``predict`` options to ``parser``."""
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _predict(args)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
-        print(f"predec predict: error: {err}", file=sys.stderr)
+        print(f"predec predict: error: {error_message(err)}", file=sys.stderr)
         return 2
 
 

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from predec.commands import add_run_arguments
+from predec.commands import add_run_arguments, error_message
 from predec.config import ConfigError, list_recipes, load_config
 
 EXPORT_FORMATS = ("timm", "detectron2", "mmseg")
@@ -49,7 +49,7 @@ def _export(args: argparse.Namespace) -> int:
             args.checkpoint, args.out, args.export, source="student" if args.student else "teacher"
         )
     except (FileNotFoundError, ValueError) as err:
-        print(f"predec pretrain: error: {err}", file=sys.stderr)
+        print(f"predec pretrain: error: {error_message(err)}", file=sys.stderr)
         return 2
     print(f"Wrote {path} ({args.export} layout, {'student' if args.student else 'teacher'} weights)")
     return 0
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"predec pretrain: stopped: {err}", file=sys.stderr)
         return 1
     except (ConfigError, DataError, RunExistsError, RunLockedError, FileNotFoundError, ValueError) as err:
-        print(f"predec pretrain: error: {err}", file=sys.stderr)
+        print(f"predec pretrain: error: {error_message(err)}", file=sys.stderr)
         return 2
     if rank_zero_only.rank == 0:  # under DDP every process returns here; one report is enough
         shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from predec.commands import add_run_arguments
+from predec.commands import add_run_arguments, error_message
 from predec.config import ConfigError, list_recipes, load_config
 
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"predec train: stopped: {err}", file=sys.stderr)
         return 1
     except (ConfigError, DataError, RunExistsError, RunLockedError, FileNotFoundError, ValueError) as err:
-        print(f"predec train: error: {err}", file=sys.stderr)
+        print(f"predec train: error: {error_message(err)}", file=sys.stderr)
         return 2
     if rank_zero_only.rank != 0:  # under DDP every process runs this command; one reports
         return 0

@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from predec.commands import error_message
 from predec.config import ConfigError
 
 
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"predec zoo build: stopped: {err}", file=sys.stderr)
         return 1
     except (ConfigError, ZooError, DataError, FileNotFoundError, ValueError) as err:
-        print(f"predec zoo build: error: {err}", file=sys.stderr)
+        print(f"predec zoo build: error: {error_message(err)}", file=sys.stderr)
         return 2
     print(f"Built {', '.join(order)} in {args.out}; use them by name with PREDEC_ZOO_DIR={args.out}.")
     return 0
