@@ -18,7 +18,10 @@ import pytest
 import torch
 
 from predec.config import load_config
+from predec.data import NYUDepthV2
+from predec.data.datasets import write_synthetic
 from predec.engine import train_dense
+from predec.engine.datamodule import StepBatchSampler
 from predec.engine.runner import load_dense_checkpoint
 
 RECIPE = "dense/synth_seg_fpn"
@@ -71,3 +74,51 @@ def test_two_process_training_equals_one_process_at_the_same_global_batch(tmp_pa
     train_dense(load_config(RECIPE, OVERRIDES), tmp_path / "half")
     half = parameters(tmp_path / "half")
     assert max(float((half[n] - one[n]).abs().max()) for n in one) > 1e-3
+
+
+@pytest.mark.slow
+def test_a_crashed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Both ranks stop on a torn image first read at step 3 (after the step-2 checkpoint); with the file restored the
+    same command resumes the 2-process run from step 2 and ends with the uninterrupted run's weights."""
+    write_synthetic(tmp_path / "data", 20, size=(32, 32), val_fraction=0.2, progress=False)
+    nyu = tmp_path / "data" / "nyu"
+    overrides = [o for o in OVERRIDES if not o.startswith(("data.num_train", "data.num_val", "data.image_size"))]
+    overrides = [*overrides, "data.dataset=nyu", f"data.root={nyu}", "data.train_split=train.txt"]
+    overrides = [*overrides, "data.val_split=test.txt", "data.crop_size=[32, 32]", "trainer.devices=2"]
+    overrides = [*overrides, "trainer.strategy=ddp"]
+    recipe = "dense/synth_depth_fpn"
+    config = load_config(recipe, overrides)
+    train = NYUDepthV2(nyu, "train.txt")
+    assert len(train) == 16
+
+    samplers = [StepBatchSampler(16, 2, config.seed, total_batches=4, rank=r, world_size=2) for r in (0, 1)]
+    early = {i for s in samplers for b in (0, 1) for i, _ in s.batch(b)}  # read by steps 1-2, before the checkpoint
+    torn = [s.batch(2)[0][0] for s in samplers]  # one image of each rank's step-3 batch
+    assert not set(torn) & early
+
+    def run(run_dir) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        argv = ["train", "--config", recipe, "--run-dir", str(run_dir), *overrides]
+        command = [sys.executable, "-m", "predec.cli", *argv]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    reference = run(tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    originals = {i: train.items[i][0].read_bytes() for i in torn}
+    for i in torn:
+        train.items[i][0].write_bytes(originals[i][:100])
+    crashed = run(tmp_path / "run")
+    assert crashed.returncode == 2 and "unreadable or truncated image" in crashed.stderr, crashed.stderr[-3000:]
+    assert load_dense_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").step == 2
+    for i, data in originals.items():
+        train.items[i][0].write_bytes(data)
+    resumed = run(tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming the interrupted run" in resumed.stderr
+
+    expected = load_dense_checkpoint(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    got = load_dense_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert got.step == expected.step == 4
+    for name, value in expected.state_dict.items():
+        assert torch.equal(got.state_dict[name], value), name
