@@ -121,8 +121,8 @@ class DenseModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------------- training
     def check_depth_targets(self, batch: dict[str, Any]) -> None:
-        """Refuse a batch whose depth targets lie mostly outside the model's (min_depth, max_depth]: a wrong unit
-        (:func:`predec.data.io.check_depth_range` names the first such file and the fix). One comparison per pixel.
+        """Refuse a batch holding a sample whose depth targets lie mostly outside the model's (min_depth, max_depth]:
+        a wrong unit (:func:`predec.data.io.check_depth_range` names the file and the fix). Two reductions per sample.
         """
         depth = batch.get("depth") if self.task == "depth" else None
         if depth is None:
@@ -130,14 +130,16 @@ class DenseModule(L.LightningModule):
         model_cfg = self.config.model
         valid = torch.isfinite(depth) & (depth > 0)
         outside = valid & ((depth <= model_cfg.min_depth) | (depth > model_cfg.max_depth))
-        if outside.sum() * 2 <= valid.sum():
+        bad = outside.flatten(1).sum(1) * 2 > valid.flatten(1).sum(1)
+        if not bool(bad.any()):
             return
         from predec.data.io import check_depth_range
 
-        for sample, meta in zip(depth, batch.get("meta") or [{}] * len(depth)):
-            where = meta.get("depth_path") or meta.get("path") or f"sample {meta.get('index', '?')}"
-            values = sample.detach().float().cpu().numpy()
-            check_depth_range(values, model_cfg.min_depth, model_cfg.max_depth, where, meta.get("depth_scale"))
+        index = int(bad.nonzero()[0, 0])
+        meta = (batch.get("meta") or [{}] * len(depth))[index]
+        where = meta.get("depth_path") or meta.get("path") or f"sample {meta.get('index', index)}"
+        values = depth[index].detach().float().cpu().numpy()
+        check_depth_range(values, model_cfg.min_depth, model_cfg.max_depth, where, meta.get("depth_scale"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self.check_depth_targets(batch)
