@@ -195,8 +195,8 @@ def test_a_torn_saved_model_is_one_error_line_in_every_reader(tmp_path, capsys):
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(ValueError, match=r"model\.safetensors' \(SafetensorError: .*corrupt, truncated"):
         predec.from_pretrained(tmp_path / "model")
-    with pytest.raises(ValueError, match=r"model\.safetensors' into 'fcn' \(SafetensorError: .*truncated or corrupt"):
-        predec.DenseModel.from_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"model\.safetensors' \(SafetensorError: .*corrupt, truncated"):
+        predec.DenseModel.from_pretrained(tmp_path / "model")  # the Hub mixin's entry point reads it the same way
     write_image(tmp_path / "image.png", np.zeros((32, 32, 3), np.uint8))
     model = str(tmp_path / "model")
     for argv in (

@@ -269,15 +269,17 @@ def check_depth_range(
     if outside <= DEPTH_OUT_OF_RANGE_FRACTION:
         return
     median = float(np.median(values))
+    fixes = [
+        (name, size, ratio)
+        for name, factor in UNIT_FACTORS.items()
+        for ratio, size in ((1 / factor, "large"), (factor, "small"))
+        if min_depth < median * ratio <= max_depth
+    ]
     hint = ""
-    for name, factor in UNIT_FACTORS.items():
-        for ratio, size in ((1 / factor, "large"), (factor, "small")):
-            if min_depth < median * ratio <= max_depth:
-                fix = f"data.reader_kwargs.depth_scale={depth_scale * ratio:.6g}" if depth_scale else "its depth_scale"
-                hint = f" The values look {name} too {size}: set {fix}."
-                break
-        if hint:
-            break
+    if fixes:
+        name, size, ratio = fixes[0]  # the smallest factor that brings the median into range
+        fix = f"data.reader_kwargs.depth_scale={depth_scale * ratio:.6g}" if depth_scale else "the reader's depth_scale"
+        hint = f" The values look {name} too {size}: set {fix}."
     raise DataError(
         f"{where}: {outside:.0%} of the valid depths lie outside the model's range ({min_depth:g}, {max_depth:g}] m "
         f"(median {median:.4g} m): the depth unit or the reader's depth_scale is wrong.{hint} "

@@ -18,7 +18,6 @@ scheduler and loop counters are restored by Lightning from the same file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import warnings
@@ -31,6 +30,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from predec.engine.run_dir import atomic_write_text
+from predec.zoo.registry import sha256_file
 
 RNG_KEY = "predec_rng_states"
 
@@ -51,15 +51,6 @@ def previous_checkpoint(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.previous{path.suffix}")
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_checkpoint(path: str | Path) -> bool | None:
     """True if ``path`` matches its ``.sha256`` sidecar, False if it does not (or is missing), None if it has no
     sidecar (a checkpoint written before checksums, or by another tool: not verifiable)."""
@@ -68,7 +59,7 @@ def verify_checkpoint(path: str | Path) -> bool | None:
         return False
     if not sidecar.is_file():
         return None
-    return file_sha256(path) == sidecar.read_text(encoding="utf-8").split()[0]
+    return sha256_file(path) == sidecar.read_text(encoding="utf-8").split()[0]
 
 
 def _replace_if_exists(source: Path, target: Path) -> None:
@@ -97,7 +88,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            digest = file_sha256(tmp)
+            digest = sha256_file(tmp)
             previous = previous_checkpoint(path)
             if path.exists() and verify_checkpoint(path) is not False:  # a corrupt file is replaced, not kept
                 _replace_if_exists(checksum_path(path), checksum_path(previous))
@@ -126,7 +117,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise FileNotFoundError(f"Checkpoint {str(path)!r} not found.")
     if verify_checkpoint(path) is False:
         raise CorruptCheckpointError(
-            f"Checkpoint {str(path)!r} is corrupt: its sha256 {file_sha256(path)[:12]}… does not match "
+            f"Checkpoint {str(path)!r} is corrupt: its sha256 {sha256_file(path)[:12]}… does not match "
             f"{str(checksum_path(path))!r}. Resume from {str(previous_checkpoint(path))!r} (the one before) if it "
             "exists, or start the run again."
         )

@@ -214,12 +214,11 @@ def build_dataset(config: DataConfig, train: bool, transform: Any) -> Dataset:
     if config.dataset == "synth":
         from predec.data.synthetic import SynthScenes
 
-        check_options(SynthScenes, kwargs, key, fixed=("num", "size", "seed", "transform"))
         num = config.num_train if train else config.num_val
         seed = config.synth_seed if train else config.synth_seed + 1
         try:
             return SynthScenes(num, size=tuple(config.image_size), seed=seed, transform=transform, **kwargs)
-        except TypeError as err:  # an unknown render option
+        except TypeError as err:  # SynthScenes takes **render_options and names an unknown one itself
             raise ConfigError(f"{key}: {err}") from err
     from predec.data import datasets
 
@@ -230,7 +229,7 @@ def build_dataset(config: DataConfig, train: bool, transform: Any) -> Dataset:
     root = config.root if train else (config.val_root or config.root)
     if root is None:
         raise ValueError(f"data.dataset={config.dataset!r} needs data.root (the dataset directory).")
-    check_options(readers[config.dataset], kwargs, key, fixed=("root", "split_file", "transform"))
+    check_options(readers[config.dataset], kwargs, key, fixed=("root", "split", "split_file", "transform"))
     return readers[config.dataset](root, split, transform=transform, **kwargs)
 
 

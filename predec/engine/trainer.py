@@ -144,49 +144,38 @@ def build_trainer(
     warnings.filterwarnings("ignore", message=".*does not have many workers which may be a bottleneck.*")
     # Evaluation metrics are reduced by DenseModule itself (metric states are SUM-reduced), not by self.log.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    precision = resolve_precision(config)
     try:
-        return _trainer(config, run_dir, training, grad_clip_norm, loggers, all_callbacks)
+        return L.Trainer(
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
+            precision=precision,  # type: ignore[arg-type]
+            max_steps=config.max_steps if training else -1,
+            max_epochs=-1 if training else None,
+            # Batch-based validation over the single long epoch; without an interval, none during fit (the caller
+            # validates the final weights).
+            val_check_interval=(config.val_every_n_steps or config.max_steps + 1) * config.accumulate_grad_batches,
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+            log_every_n_steps=config.log_every_n_steps,
+            accumulate_grad_batches=config.accumulate_grad_batches,
+            gradient_clip_val=grad_clip_norm,
+            deterministic=config.deterministic,
+            sync_batchnorm=config.sync_batchnorm,
+            enable_progress_bar=config.progress_bar,
+            enable_model_summary=training,
+            enable_checkpointing=training and run_dir is not None,
+            logger=loggers if loggers else False,
+            callbacks=all_callbacks,
+            use_distributed_sampler=False,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=str(run_dir.root) if run_dir is not None else None,
+        )
     except (MisconfigurationException, TypeError, ValueError) as err:  # Lightning's checks of devices/accelerator
-        gpus = torch.cuda.device_count()
         raise ConfigError(
             f"trainer.accelerator={config.accelerator!r} trainer.devices={config.devices!r} "
-            f"trainer.strategy={config.strategy!r}: {err} This machine has {gpus} CUDA GPU(s); use "
-            "trainer.accelerator=cpu (or auto) and trainer.devices as a count (e.g. 1, 2), a list of ids or auto."
+            f"trainer.strategy={config.strategy!r}: {err} This machine has {torch.cuda.device_count()} CUDA GPU(s); "
+            "use trainer.accelerator=cpu (or auto) and trainer.devices as a count (e.g. 1, 2), a list of ids or auto."
         ) from err
-
-
-def _trainer(
-    config: TrainerConfig,
-    run_dir: RunDir | None,
-    training: bool,
-    grad_clip_norm: float | None,
-    loggers: list,
-    all_callbacks: list[L.Callback],
-) -> L.Trainer:
-    return L.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=resolve_precision(config),  # type: ignore[arg-type]
-        max_steps=config.max_steps if training else -1,
-        max_epochs=-1 if training else None,
-        # Batch-based validation over the single long epoch; without an interval, none during fit (the caller
-        # validates the final weights).
-        val_check_interval=(config.val_every_n_steps or config.max_steps + 1) * config.accumulate_grad_batches,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=config.log_every_n_steps,
-        accumulate_grad_batches=config.accumulate_grad_batches,
-        gradient_clip_val=grad_clip_norm,
-        deterministic=config.deterministic,
-        sync_batchnorm=config.sync_batchnorm,
-        enable_progress_bar=config.progress_bar,
-        enable_model_summary=training,
-        enable_checkpointing=training and run_dir is not None,
-        logger=loggers if loggers else False,
-        callbacks=all_callbacks,
-        use_distributed_sampler=False,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(run_dir.root) if run_dir is not None else None,
-    )

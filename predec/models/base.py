@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
@@ -264,16 +263,8 @@ class DenseModel(
                 token=token,
                 local_files_only=local_files_only,
             )
-        try:
-            missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=strict, device=map_location)
-        except (safetensors.SafetensorError, RuntimeError, OSError) as err:  # torn file, or another architecture
-            raise ValueError(
-                f"Cannot load {str(weights)!r} into {model_kwargs.get('arch')!r} ({type(err).__name__}: "
-                f"{str(err).splitlines()[0][:300]}): the file is truncated or corrupt, or was saved from another model."
-            ) from err
-        if missing or unexpected:
-            raise ValueError(f"{weights}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}.")
-        return model
+        load_weights(model, str(weights), part="model", strict=strict)  # torn or foreign files: errors naming them
+        return model.to(map_location)
 
 
 def create_model(
