@@ -36,8 +36,10 @@ from pathlib import Path
 import torch
 
 from predec.config import load_config
+from predec.engine.allocator import pin_mmap_threshold
 from predec.engine.trainer import cpu_has_bf16
-from predec.pretrain.module import DeConModule, PretrainConfig, pin_mmap_threshold
+from predec.pretrain.config import PretrainConfig
+from predec.pretrain.decon import DeConModule
 
 
 def _status_kib(field: str) -> int:

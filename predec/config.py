@@ -1,7 +1,8 @@
 """Recipes: YAML files validated against typed dataclass schemas, with dotted-key overrides.
 
 A recipe is a YAML mapping whose keys mirror a schema dataclass (:class:`DenseConfig` for ``predec train`` /
-``eval`` / ``predict``; the pre-training engine defines its own schema from the same parts). Loading:
+``eval`` / ``predict``; ``predec.pretrain.config.PretrainConfig`` for ``predec pretrain``, built from the same
+parts). Loading:
 
 1. the YAML file is read (a name such as ``dense/synth_depth_xnet`` is looked up among the recipes shipped in
    ``predec/configs``; ``.yaml`` may be left out);
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
+
+from predec.atomic import atomic_write_text
 
 T = TypeVar("T")
 
@@ -311,6 +314,21 @@ class DenseConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+RUNTIME_KEYS: tuple[str, ...] = (
+    "name",
+    "output_dir",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.progress_bar",
+    "trainer.log_every_n_steps",
+    "data.num_workers",
+)
+"""Keys of a recipe (dense or pre-training) that may change when an interrupted run is resumed: where and how
+fast it runs, not what it computes."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
@@ -501,12 +519,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> Path:
     """Write a schema instance as YAML (every field, defaults included); :func:`load_config` reads it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def diff_configs(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:

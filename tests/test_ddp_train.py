@@ -22,7 +22,7 @@ from predec.data import NYUDepthV2
 from predec.data.datasets import write_synthetic
 from predec.engine import train_dense
 from predec.engine.datamodule import StepBatchSampler
-from predec.engine.runner import load_dense_checkpoint
+from predec.engine.dense_checkpoint import load_dense_checkpoint
 
 RECIPE = "dense/synth_seg_fpn"
 OVERRIDES = [

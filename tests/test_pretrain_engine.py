@@ -20,15 +20,12 @@ from predec.config import ConfigError, TrainerConfig, list_recipes, load_config
 from predec.data.io import write_image
 from predec.engine import NonFiniteLossError
 from predec.engine.checkpoint import read_checkpoint
+from predec.engine.trainer import effective_trainer_config
+from predec.pretrain.config import PretrainConfig, check_pretrain_config
+from predec.pretrain.decon import DeConModule
 from predec.pretrain.ema import momentum_at
-from predec.pretrain.module import (
-    DeConModule,
-    PretrainConfig,
-    attach_levels,
-    check_pretrain_config,
-    effective_trainer_config,
-    run_pretraining,
-)
+from predec.pretrain.networks import attach_levels
+from predec.pretrain.runs import run_pretraining
 
 TINY = [
     "model.encoder=test_resnet",
@@ -79,7 +76,7 @@ def _paired_losses(config: PretrainConfig, trained_state: dict[str, torch.Tensor
     noise, a paired evaluation is not."""
     from torch.utils.data import default_collate
 
-    from predec.pretrain.module import ssl_dataset
+    from predec.pretrain.data import ssl_dataset
 
     L.seed_everything(config.seed, verbose=False)  # as run_pretraining before building the module
     initial = DeConModule(config)
@@ -265,7 +262,7 @@ def test_alpha_zero_drops_encoder_heads_and_sl_freezes_unreached_fpn_outputs():
 def test_per_view_backward_gives_the_joint_loss_gradients():
     from torch.utils.data import default_collate
 
-    from predec.pretrain.module import ssl_dataset
+    from predec.pretrain.data import ssl_dataset
     from predec.pretrain.slotcon import decon_loss
 
     config = tiny_config("pretrain/synth_decon_ml", "model.decoder_kwargs={channels: 16}", "data.view_size=64")
@@ -480,7 +477,7 @@ def test_supervised_writes_a_timm_classifier_that_initialises_encoders_and_xnet_
 
 
 def test_classification_folder_labels_follow_the_training_classes(tmp_path):
-    from predec.pretrain.supervised import classification_datasets, dataset_classes
+    from predec.pretrain.data import classification_classes, classification_datasets
 
     for split, classes in (("train", ("box", "cone", "sphere")), ("val", ("cone",))):
         for name in classes:
@@ -490,7 +487,7 @@ def test_classification_folder_labels_follow_the_training_classes(tmp_path):
     roots = [f"data.root={tmp_path / 'train'}", f"data.val_root={tmp_path / 'val'}"]
     config = load_config("pretrain/synth_supervised", [*folder, *roots], schema=PretrainConfig)
     check_pretrain_config(config)
-    assert dataset_classes(config.data) == ["box", "cone", "sphere"]
+    assert classification_classes(config.data) == ["box", "cone", "sphere"]
     image, label = classification_datasets(config.data, train=False)[0]
     assert label == 1 and tuple(image.shape) == (3, 8, 8)
     with pytest.raises(ConfigError, match=r"data\.val_root"):

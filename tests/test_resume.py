@@ -26,8 +26,8 @@ from predec.engine.checkpoint import (
     set_rng_states,
 )
 from predec.engine.datamodule import StepBatchSampler
+from predec.engine.dense_checkpoint import load_dense_checkpoint
 from predec.engine.run_dir import RunDir, RunLockedError
-from predec.engine.runner import load_dense_checkpoint
 
 STEPS = 12
 # Stochastic depth in the encoder makes the result depend on the torch RNG, random crops/flips/colour jitter on the
@@ -97,6 +97,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     # Automatic resume refuses a changed recipe ...
     with pytest.raises(ConfigError, match=r"optim\.lr: 0\.001 in the run, 0\.002 now"):
         train_dense(config(**{"optim.lr": "2e-3"}), interrupted)
+    # ... releasing the run directory's lock (another process can start there now) ...
+    taker = subprocess.run([sys.executable, "-c", TAKE_LOCK, str(interrupted)], capture_output=True, text=True)
+    assert taker.stdout.strip() == "locked", taker.stderr
     # ... and resumes the same one (through the CLI, from step 4: steps 5-7 are replayed).
     assert main(["train", "--config", "dense/synth_seg_fpn", "--run-dir", str(interrupted), *OVERRIDES]) == 0
 
@@ -260,6 +263,13 @@ def test_a_second_start_on_a_live_run_directory_is_refused(tmp_path):
     RunDir(run).lock()  # released at the end of the run: this process can take it again
     RunDir(run).unlock()
 
+
+TAKE_LOCK = """
+import sys
+from predec.engine.run_dir import RunDir
+RunDir(sys.argv[1]).lock()
+print("locked", flush=True)
+"""
 
 HOLD_LOCK = """
 import sys, time

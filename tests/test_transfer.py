@@ -9,7 +9,9 @@ import torch
 
 from predec.cli import main
 from predec.config import load_config
-from predec.pretrain.module import DeConModule, PretrainConfig, save_safetensors
+from predec.models.weights import save_state_dict
+from predec.pretrain.config import PretrainConfig
+from predec.pretrain.decon import DeConModule
 from predec.pretrain.transfer import export_checkpoint, pretrained_parts
 
 TINY_HEADS = ["ssl.num_prototypes=8", "ssl.hidden_dim=16", "ssl.out_dim=8", "trainer.precision=32-true"]
@@ -66,7 +68,7 @@ def test_timm_export_is_the_teacher_encoder_in_timm_keys(tmp_path, fpn_run, suff
     path, module = fpn_run
     if suffix == ".safetensors":  # the run's weights.safetensors form
         path = tmp_path / "weights.safetensors"
-        save_safetensors(module.pretrained_state_dict(), path)
+        save_state_dict(module.pretrained_state_dict(), path)
     out = export_checkpoint(path, tmp_path / "encoder.safetensors", "timm")
     state = safetensors.torch.load_file(str(out))
     model = timm.create_model("resnet18", pretrained=False)

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from predec.data.io import DataError
-    from predec.engine.runner import evaluate_dense, load_dense_checkpoint, resolve_eval_config
+    from predec.engine.dense_checkpoint import load_dense_checkpoint
+    from predec.engine.dense_runs import evaluate_dense, resolve_eval_config
 
     try:
         checkpoint = load_dense_checkpoint(args.checkpoint)

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     try:
         if checkpoint.suffix == ".ckpt":  # predec train: the model of the recipe the checkpoint records
-            from predec.engine.runner import load_dense_checkpoint, load_inference_module
+            from predec.engine.dense_checkpoint import load_dense_checkpoint, load_inference_module
 
             model = load_inference_module(load_dense_checkpoint(checkpoint)).model
         else:

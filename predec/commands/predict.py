@@ -92,7 +92,7 @@ def _predict(args: argparse.Namespace) -> int:
     from predec.data.io import read_image, write_depth, write_label
     from predec.data.sample import make_sample
     from predec.data.transforms import eval_transform
-    from predec.engine.runner import inference_config, load_dense_checkpoint, load_inference_module
+    from predec.engine.dense_checkpoint import inference_config, load_dense_checkpoint, load_inference_module
 
     checkpoint = load_dense_checkpoint(args.checkpoint)
     config = inference_config(checkpoint)

@@ -66,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
 
     from predec.data.io import DataError
     from predec.engine.guards import NonFiniteLossError
+    from predec.engine.run import RunExistsError
     from predec.engine.run_dir import RunLockedError
-    from predec.engine.runner import RunExistsError
-    from predec.pretrain.module import PretrainConfig, run_pretraining
+    from predec.pretrain.config import PretrainConfig
+    from predec.pretrain.runs import run_pretraining
 
     if not args.config:
         print("predec pretrain: error: --config RECIPE is required (see --list), or --export", file=sys.stderr)

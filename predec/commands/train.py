@@ -32,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from predec.data.io import DataError
+    from predec.engine.dense_runs import train_dense
     from predec.engine.guards import NonFiniteLossError
+    from predec.engine.run import RunExistsError
     from predec.engine.run_dir import RunLockedError
-    from predec.engine.runner import RunExistsError, train_dense
 
     if not args.config:
         print("predec train: error: --config RECIPE is required (see --list for the shipped recipes)", file=sys.stderr)

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from predec.atomic import atomic_write_text
 from predec.demo.settings import TASK_METRICS, finetune_stage_name, labelled_seed
-from predec.engine.run_dir import atomic_write_text, read_csv_metric, write_json
+from predec.engine.run_dir import read_csv_metric, write_json
 
 METRIC_LABELS: dict[str, str] = {
     "mIoU": "mIoU ↑",

@@ -4,9 +4,10 @@ Kinds of stage:
 
 - ``zoo/<entry>`` (only with ``--from-scratch``): rebuild a zoo entry from its recipe into ``<out>/zoo``
   (:func:`predec.zoo.build.build_entry`); its outputs are the weights file and the manifest's summary;
-- ``finetune/<task>/<variant>/n<labels>/seed<k>``: one dense fine-tuning run (:func:`predec.engine.runner.train_dense`)
-  on the first ``labels`` labelled scenes, evaluated on the held-out scenes. Its encoder / decoder weights are zoo
-  entries by name (``predec:<entry>``, checked against their sha256), or the files the ``zoo/`` stages built.
+- ``finetune/<task>/<variant>/n<labels>/seed<k>``: one dense fine-tuning run
+  (:func:`predec.engine.dense_runs.train_dense`) on the first ``labels`` labelled scenes, evaluated on the held-out
+  scenes. Its encoder / decoder weights are zoo entries by name (``predec:<entry>``, checked against their sha256),
+  or the files the ``zoo/`` stages built.
 
 The fine-tuned architectures follow the zoo entries: the encoder (timm name and options) of the classification
 entry, the FPN width of the DeCon entries, the ×Net decoder backbone = the classification entry's backbone.
@@ -380,7 +381,7 @@ def _run_finetune(stage: Stage, stage_dir: Path, inputs: dict, progress: bool) -
     import lightning as L
 
     from predec.engine.dense import DenseModule
-    from predec.engine.runner import train_dense
+    from predec.engine.dense_runs import train_dense
 
     run_dir = stage_dir / "run"
     config = finetune_config(stage.spec, _weights(stage.spec, inputs), run_dir, progress)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from predec.engine.run_dir import atomic_write_text
+from predec.atomic import atomic_path, atomic_write_text
 from predec.zoo.registry import sha256_file
 
 RNG_KEY = "predec_rng_states"
@@ -81,23 +81,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         the previous file with its own (a file whose sidecar is missing is accepted unverified, never a mismatch).
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
             digest = sha256_file(tmp)
             previous = previous_checkpoint(path)
             if path.exists() and verify_checkpoint(path) is not False:  # a corrupt file is replaced, not kept
                 _replace_if_exists(checksum_path(path), checksum_path(previous))
                 os.replace(path, previous)
             atomic_write_text(checksum_path(path), f"{digest}  {path.name}\n")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
         """Read a checkpoint with ``torch.load(weights_only=True)``."""

@@ -18,8 +18,7 @@ from torch import Tensor
 
 from predec.config import DenseConfig, ModelConfig, from_dict, to_dict
 from predec.engine.guards import check_finite_loss
-from predec.engine.trainer import world_size
-from predec.optim import build_optimizer, build_scheduler
+from predec.engine.trainer import step_optimizers
 
 MODEL_IDENTITY_KEYS: tuple[str, ...] = (
     "arch",
@@ -154,13 +153,15 @@ class DenseModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        trainer_cfg = self.config.trainer
-        global_batch = self.config.data.batch_size * world_size(trainer_cfg) * trainer_cfg.accumulate_grad_batches
-        optimizer = build_optimizer(
-            self.model, self.config.optim, global_batch_size=global_batch, pretrained=self.pretrained_prefixes()
+        config = self.config
+        return step_optimizers(
+            self.model,
+            config.optim,
+            config.schedule,
+            config.trainer,
+            config.data.batch_size,
+            self.pretrained_prefixes(),
         )
-        scheduler = build_scheduler(optimizer, self.config.schedule, total_steps=trainer_cfg.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     def pretrained_prefixes(self) -> list[str]:
         """Parameter-name prefixes of the parts the recipe starts from pre-trained weights (decided by the recipe,

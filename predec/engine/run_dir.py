@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from predec.atomic import atomic_write_text
 from predec.config import ConfigError, diff_configs, load_config, save_config, to_dict
 
 try:
@@ -38,19 +39,6 @@ _HELD_LOCKS: dict[str, Any] = {}  # run directory (resolved) -> open lock file, 
 
 class RunLockedError(FileExistsError):
     """Another live process is running in the run directory."""
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def write_json(path: str | Path, data: Any) -> Path:

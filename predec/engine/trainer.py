@@ -9,23 +9,27 @@ AMX) and ``32-true`` elsewhere.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from predec.config import ConfigError, TrainerConfig
+from predec.config import ConfigError, OptimConfig, ScheduleConfig, TrainerConfig
 from predec.engine.checkpoint import AtomicCheckpointIO, RNGStateCallback
 from predec.engine.guards import NonFiniteGradientGuard
 from predec.engine.run_dir import RunDir
+from predec.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +94,39 @@ def world_size(config: TrainerConfig) -> int:
     else:
         per_node = 1
     return max(per_node, 1) * max(config.num_nodes, 1)
+
+
+def step_optimizers(
+    model: torch.nn.Module,
+    optim: OptimConfig,
+    schedule: ScheduleConfig,
+    trainer: TrainerConfig,
+    batch_size: int,
+    pretrained: Sequence[str] = (),
+) -> dict[str, Any]:
+    """What a LightningModule's ``configure_optimizers`` returns: the optimiser of ``optim`` (its learning rate scaled
+    to the global batch, ``batch_size`` × processes × accumulated batches) and the per-step scheduler of ``schedule``.
+
+    Args:
+        model: the module whose ``requires_grad`` parameters are trained.
+        optim: optimiser settings.
+        schedule: learning-rate schedule over ``trainer.max_steps``.
+        trainer: devices, nodes, accumulation and steps of the run.
+        batch_size: images per process and micro-batch.
+        pretrained: parameter-name prefixes of pre-trained parts (their own learning-rate multiplier).
+    """
+    global_batch = batch_size * world_size(trainer) * trainer.accumulate_grad_batches
+    optimizer = build_optimizer(model, optim, global_batch_size=global_batch, pretrained=list(pretrained))
+    scheduler = build_scheduler(optimizer, schedule, total_steps=trainer.max_steps)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+def effective_trainer_config(config: TrainerConfig) -> TrainerConfig:
+    """``config`` with ``sync_batchnorm`` kept only under DDP on GPUs (plain BatchNorm elsewhere)."""
+    sync = config.sync_batchnorm and uses_cuda(config.accelerator) and world_size(config) > 1
+    if config.sync_batchnorm and not sync:
+        rank_zero_only(logger.info)("trainer.sync_batchnorm applies to DDP on GPUs only; plain BatchNorm is used.")
+    return dataclasses.replace(config, sync_batchnorm=sync)
 
 
 def build_trainer(
@@ -163,7 +200,7 @@ def build_trainer(
             accumulate_grad_batches=config.accumulate_grad_batches,
             gradient_clip_val=grad_clip_norm,
             deterministic=config.deterministic,
-            sync_batchnorm=config.sync_batchnorm,
+            sync_batchnorm=effective_trainer_config(config).sync_batchnorm,
             enable_progress_bar=config.progress_bar,
             enable_model_summary=training,
             enable_checkpointing=training and run_dir is not None,

@@ -39,6 +39,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from predec.atomic import atomic_path
 from predec.models.encoders import TimmBackbone
 from predec.zoo.registry import ZOO_PREFIX, find_entry
 
@@ -158,6 +159,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             f"'state_dict' / 'model'); found: {found}."
         )
     return state
+
+
+def save_state_dict(state: Mapping[str, Tensor], path: str | os.PathLike) -> Path:
+    """Write ``state`` as a ``.safetensors`` file atomically (contiguous CPU copies), the reverse of
+    :func:`read_state_dict`."""
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    return Path(path)
 
 
 def _unwrap(obj: object) -> dict[str, Tensor] | None:

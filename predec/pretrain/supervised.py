@@ -23,82 +23,16 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from predec.config import ConfigError, from_dict, to_dict
-from predec.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from predec.engine.guards import check_finite_loss
-from predec.engine.trainer import world_size
-from predec.optim import build_optimizer, build_scheduler
-from predec.pretrain.module import (
-    STATS_KEY,
-    LossTracker,
-    PretrainConfig,
-    PretrainDataConfig,
-    check_pretrain_config,
-    check_reader_kwargs,
-    loss_window,
-    save_safetensors,
-)
+from predec.engine.trainer import step_optimizers
+from predec.models.weights import save_state_dict
+from predec.pretrain.config import PretrainConfig, check_pretrain_config
+from predec.pretrain.data import classification_classes
+from predec.pretrain.method import STATS_KEY, LossTracker, loss_window
 
 CLASSIFIER_FILE = "classifier.safetensors"
-
-
-def dataset_classes(config: PretrainDataConfig) -> list[str]:
-    """Class names in label order: SynthObjects' classes of ``reader_kwargs.label_mode``, or the sorted
-    sub-folder names of ``data.root``."""
-    if config.dataset == "synth_objects":
-        from predec.data import object_classes
-
-        return object_classes(config.reader_kwargs.get("label_mode", "shape"))
-    if config.dataset == "folder":
-        from predec.data.datasets.base import require_dir
-
-        root = require_dir(Path(str(config.root)), "one sub-folder per class")
-        classes = sorted(path.name for path in root.iterdir() if path.is_dir())
-        if not classes:
-            raise ConfigError(f"data.root={config.root!r} has no class sub-folders (root/<class>/<images>).")
-        return classes
-    raise ConfigError(f"method=supervised needs data.dataset=synth_objects or folder, not {config.dataset!r}.")
-
-
-def classification_transform(config: PretrainDataConfig, train: bool) -> v2.Compose:
-    """Training (random resized crop + flip) or evaluation (resize + centre crop) transform, then normalisation."""
-    size = config.view_size
-    if train:
-        steps: list[Any] = [
-            v2.RandomResizedCrop(size, scale=tuple(config.crop_scale), antialias=True),
-            v2.RandomHorizontalFlip(),
-        ]
-    else:
-        steps = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
-def classification_datasets(config: PretrainDataConfig, train: bool) -> Dataset:
-    """The training (``train=True``) or held-out ``(image, label)`` set of a supervised recipe.
-
-    SynthObjects: ``num_train`` images of seed ``synth_seed`` / ``num_val`` images of seed ``synth_seed + 1``.
-    Folders: ``root`` / ``val_root``, labels pinned to the training folder's classes.
-    """
-    transform = classification_transform(config, train)
-    if config.dataset == "synth_objects":
-        from predec.data import SynthObjects
-
-        check_reader_kwargs(SynthObjects, config.reader_kwargs)
-        return SynthObjects(
-            config.num_train if train else config.num_val,
-            size=tuple(config.image_size),
-            seed=config.synth_seed if train else config.synth_seed + 1,
-            transform=transform,
-            **config.reader_kwargs,
-        )
-    from predec.data import ClassificationFolder
-
-    root = config.root if train else config.val_root
-    check_reader_kwargs(ClassificationFolder, config.reader_kwargs)
-    return ClassificationFolder(str(root), classes=dataset_classes(config), transform=transform, **config.reader_kwargs)
 
 
 class ClassificationModule(L.LightningModule):
@@ -122,7 +56,7 @@ class ClassificationModule(L.LightningModule):
         check_pretrain_config(self.config)
         model_cfg = self.config.model
         self.save_hyperparameters({"config": to_dict(self.config)})
-        self.classes = dataset_classes(self.config.data)
+        self.classes = classification_classes(self.config.data)
         self.model = timm.create_model(
             model_cfg.encoder.split(".", 1)[0],
             pretrained=False,
@@ -154,11 +88,8 @@ class ClassificationModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        trainer_cfg = self.config.trainer
-        global_batch = self.config.data.batch_size * world_size(trainer_cfg) * trainer_cfg.accumulate_grad_batches
-        optimizer = build_optimizer(self.model, self.config.optim, global_batch_size=global_batch)
-        scheduler = build_scheduler(optimizer, self.config.schedule, total_steps=trainer_cfg.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        config = self.config
+        return step_optimizers(self.model, config.optim, config.schedule, config.trainer, config.data.batch_size)
 
     def on_validation_epoch_start(self) -> None:
         self._correct = self._count = 0
@@ -186,7 +117,7 @@ class ClassificationModule(L.LightningModule):
     def write_outputs(self, root: str | Path) -> dict[str, Any]:
         """Write ``classifier.safetensors`` (timm keys) into ``root``; return the metrics record's entries."""
         path = Path(root) / CLASSIFIER_FILE
-        save_safetensors(self.model.state_dict(), path)
+        save_state_dict(self.model.state_dict(), path)
         return {
             **self.last_metrics,
             "split": "held-out",

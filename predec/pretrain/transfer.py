@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 import predec
+from predec.atomic import atomic_path
 from predec.models.weights import read_state_dict
 
 FORMATS: tuple[str, ...] = ("timm", "detectron2", "mmseg")
@@ -170,17 +171,15 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt
     if out.suffix != suffix:
         raise ValueError(f"The {fmt} export is written as {suffix}; got --out {out}.")
     encoder, decoder = pretrained_parts(checkpoint, source)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     meta = {"source": f"{checkpoint}#{source}", "exporter": f"predec {predec.__version__}"}
-    if fmt == "timm":
-        tensors = {k: v.contiguous() for k, v in encoder_to_timm(encoder).items()}
-        safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
-    elif fmt == "detectron2":
-        torch.save({"model": _contiguous(to_detectron2(encoder, decoder)), "__author__": meta["exporter"]}, tmp)
-    else:
-        torch.save({"state_dict": _contiguous(to_mmseg(encoder, decoder)), "meta": meta}, tmp)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        if fmt == "timm":
+            tensors = {k: v.contiguous() for k, v in encoder_to_timm(encoder).items()}
+            safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
+        elif fmt == "detectron2":
+            torch.save({"model": _contiguous(to_detectron2(encoder, decoder)), "__author__": meta["exporter"]}, tmp)
+        else:
+            torch.save({"state_dict": _contiguous(to_mmseg(encoder, decoder)), "meta": meta}, tmp)
     return out
 
 

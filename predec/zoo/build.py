@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from predec.atomic import atomic_path
 from predec.config import ConfigError, load_config, to_dict
 from predec.engine.run_dir import RunDir, read_csv_metric, write_json
 from predec.zoo.registry import (
@@ -60,12 +61,12 @@ def recipe_path(name: str) -> Path:
 
 
 def load_recipe(name: str, overrides: Sequence[str] = ()) -> Any:
-    """The :class:`~predec.pretrain.module.PretrainConfig` of entry ``name`` with ``key=value`` overrides.
+    """The :class:`~predec.pretrain.config.PretrainConfig` of entry ``name`` with ``key=value`` overrides.
 
     Raises:
         ConfigError: unknown entry, invalid recipe, or a recipe whose ``name`` is not the entry name.
     """
-    from predec.pretrain.module import PretrainConfig
+    from predec.pretrain.config import PretrainConfig
 
     path = recipe_path(name)
     config = load_config(path, overrides, schema=PretrainConfig)
@@ -224,7 +225,7 @@ def build_entry(
     Raises:
         ConfigError: unknown entry or bad overrides; ZooError: an entry it starts from is missing or corrupt.
     """
-    from predec.pretrain.module import run_pretraining
+    from predec.pretrain.runs import run_pretraining
 
     out = Path(out_dir)
     config = load_recipe(name, overrides)
@@ -249,10 +250,9 @@ def build_entry(
 
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}{WEIGHTS_SUFFIX}"
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    safetensors.torch.save_file(state, str(tmp), metadata={"predec_zoo_entry": name})
-    tmp.chmod(0o644)  # a shippable file, readable by every user of an installation
-    tmp.replace(weights)
+    with atomic_path(weights) as tmp:
+        safetensors.torch.save_file(state, str(tmp), metadata={"predec_zoo_entry": name})
+        tmp.chmod(0o644)  # a shippable file, readable by every user of an installation
     curve = loss_curve(result.run_dir)
     manifest = {
         "name": name,

@@ -1,0 +1,163 @@
+"""Dense runs from Python: :func:`train_dense` and :func:`evaluate_dense`.
+
+The ``predec train`` / ``eval`` commands are thin wrappers around these functions; both runs go through the one run
+engine (:func:`predec.engine.run.fit_run`) and read checkpoints with :mod:`predec.engine.dense_checkpoint`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from predec.config import ConfigError, DenseConfig
+from predec.engine.datamodule import DenseDataModule, check_task
+from predec.engine.dense import DenseModule
+from predec.engine.dense_checkpoint import (
+    DenseCheckpoint,
+    check_checkpoint_architecture,
+    describe_model,
+    load_dense_checkpoint,
+    load_state_checked,
+)
+from predec.engine.run import RunResult, fit_run
+from predec.engine.run_dir import RunDir
+from predec.engine.trainer import build_trainer
+from predec.optim import check_schedule
+
+
+def train_dense(
+    config: DenseConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: str | Path | bool | None = None,
+    overwrite: bool = False,
+    callbacks: list[L.Callback] | tuple[L.Callback, ...] = (),
+) -> RunResult:
+    """Train (or resume) a dense model and evaluate the final weights.
+
+    An existing run directory with a checkpoint and no ``finished`` status is resumed automatically (same config
+    required, apart from :data:`predec.config.RUNTIME_KEYS`). Writes ``config.yaml``, ``status.json``,
+    ``checkpoints/last.ckpt``, ``logs/``, ``metrics.json`` and the trained model (``model/``, save_pretrained).
+
+    Args:
+        config: the recipe.
+        run_dir: run directory (default ``config.output_dir / config.name``).
+        resume: ``True``/``"last"``: the run directory's last checkpoint; a path: that checkpoint; None: automatic.
+        overwrite: start from scratch: discard the directory's checkpoints, metrics, model and status first.
+        callbacks: extra Lightning callbacks.
+
+    Returns:
+        The run directory, final step and final metrics (also in ``metrics.json``).
+
+    Raises:
+        NonFiniteLossError: the loss or a gradient became NaN/Inf (status ``failed``, last checkpoint kept).
+        RunExistsError: the run directory holds a finished run and ``overwrite`` is False.
+        ValueError / ConfigError: a checkpoint of another architecture or config, a dataset that cannot serve the
+            task, an impossible schedule (checked before the run directory is touched).
+    """
+    check_task(config.data, config.model.task, config.model.num_classes)
+    check_schedule(config.schedule, config.trainer.max_steps)
+    trainer_cfg = config.trainer
+
+    def check_checkpoint(path: Path) -> None:
+        check_checkpoint_architecture(load_dense_checkpoint(path), config)
+
+    def build(checkpoint: Path | None) -> tuple[DenseModule, DenseDataModule]:
+        module = DenseModule(config, build_weights=checkpoint is None)
+        data = DenseDataModule(
+            config.data, config.model.task, config.seed, trainer_cfg.max_steps, trainer_cfg.accumulate_grad_batches
+        )
+        return module, data
+
+    def needs_validation(module: DenseModule, step: int) -> bool:
+        return module.last_metrics_step != step or not module.last_metrics
+
+    def finish(trainer: L.Trainer, module: DenseModule) -> dict[str, Any]:
+        if trainer.is_global_zero:
+            module.model.to(memory_format=torch.contiguous_format)  # safetensors stores row-major tensors only
+            module.model.save_pretrained(run.model_dir)
+        return {
+            "task": config.model.task,
+            "step": trainer.global_step,
+            "dataset": config.data.dataset,
+            "split": config.data.val_split,
+            "metrics": module.last_metrics,
+        }
+
+    run = RunDir(run_dir or Path(config.output_dir) / config.name)
+    return fit_run(
+        run,
+        config,
+        trainer_cfg,
+        build=build,
+        finish=finish,
+        resume=resume,
+        overwrite=overwrite,
+        callbacks=callbacks,
+        grad_clip_norm=config.optim.grad_clip_norm,
+        check_checkpoint=check_checkpoint,
+        validate_at_end=needs_validation,
+    )
+
+
+def resolve_eval_config(checkpoint: DenseCheckpoint, config: DenseConfig | None, overrides: list[str]) -> DenseConfig:
+    """The recipe to evaluate ``checkpoint`` with: ``config`` (checked against it), else the checkpoint's own."""
+    if config is not None:
+        check_checkpoint_architecture(checkpoint, config)
+        return config
+    if checkpoint.config is None:
+        raise ConfigError(
+            f"Checkpoint {checkpoint.path} does not record its recipe; pass --config (the recipe it was trained with)."
+        )
+    from predec.config import load_config
+
+    return load_config(checkpoint.config, overrides)
+
+
+def evaluate_dense(config: DenseConfig, checkpoint: DenseCheckpoint, out_dir: str | Path | None = None) -> dict:
+    """Evaluate a checkpoint on ``config.data``'s evaluation split; write ``config.yaml`` and ``metrics.json``.
+
+    Args:
+        config: the recipe (model settings must match the checkpoint; data/eval/trainer settings are used).
+        checkpoint: from :func:`load_dense_checkpoint`.
+        out_dir: where to write (default: ``<run>/eval`` beside a run's checkpoint, else ``output_dir/name-eval``).
+
+    Returns:
+        The metrics record written to ``metrics.json``, plus ``metrics_file`` (its path).
+    """
+    check_checkpoint_architecture(checkpoint, config)
+    check_task(config.data, config.model.task, config.model.num_classes)
+    out = RunDir(out_dir or default_eval_dir(checkpoint.path, config))
+    L.seed_everything(config.seed, verbose=False)
+    module = DenseModule(config, build_weights=False)
+    load_state_checked(module.model, checkpoint, describe_model(config.model))
+    datamodule = DenseDataModule(config.data, config.model.task, config.seed)
+    trainer = build_trainer(config.trainer, None, training=False)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    record = {
+        "task": config.model.task,
+        "checkpoint": str(checkpoint.path),
+        "step": checkpoint.step,
+        "dataset": config.data.dataset,
+        "split": config.data.val_split,
+        "world_size": trainer.world_size,
+        "metrics": module.last_metrics,
+    }
+    if trainer.is_global_zero:
+        out.save_config(config)
+        out.write_metrics(record)
+    return {**record, "metrics_file": str(out.metrics_path)}
+
+
+def default_eval_dir(checkpoint_path: Path, config: DenseConfig) -> Path:
+    """``<run>/eval`` for a checkpoint in ``<run>/checkpoints/`` or the ``<run>/model`` directory, else
+    ``output_dir/<name>-eval``."""
+    path = Path(checkpoint_path)
+    if path.parent.name == "checkpoints":
+        return path.parent.parent / "eval"
+    if path.is_dir() and path.name == "model":
+        return path.parent / "eval"
+    return Path(config.output_dir) / f"{config.name}-eval"
