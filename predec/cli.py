@@ -33,12 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"predec {predec.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"predec.commands.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"predec.commands.{module_name}":
-                raise
-            continue  # not implemented yet
+        module = importlib.import_module(f"predec.commands.{module_name}")
         doc = (module.__doc__ or name).strip().splitlines()[0]
         cmd = sub.add_parser(
             name, help=doc, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -7,21 +7,10 @@ import json
 import pytest
 import torch
 
-from predec.bench import (
-    MODES,
-    RESULT_FIELDS,
-    BenchConfig,
-    BenchReport,
-    ModelSpec,
-    bf16_runs,
-    cpu_flags,
-    default_precision,
-    format_table,
-    matmul_peak_flops,
-    parse_model_spec,
-    plan_configs,
-    run_bench,
-)
+from predec.bench.hardware import bf16_runs, cpu_flags, default_precision, matmul_peak_flops
+from predec.bench.runs import BenchReport, plan_configs, run_bench
+from predec.bench.spec import MODES, RESULT_FIELDS, BenchConfig, ModelSpec, parse_model_spec
+from predec.bench.table import format_table
 from predec.cli import main
 
 TINY = "xnet:test_resnet:test_resnet"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from predec.models.decoders import build_decoder
-from predec.models.xnet import MIXING_MODES, RESHAPE_MODES, PostFeaturePyramid, ReShape, XNetDecoder, mix
+from predec.models.decoders.xnet import MIXING_MODES, RESHAPE_MODES, PostFeaturePyramid, ReShape, XNetDecoder, mix
 
 H, W = 64, 96
 ENC_CHANNELS, ENC_STRIDES = [8, 16, 24, 32], [4, 8, 16, 32]

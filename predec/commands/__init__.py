@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def error_message(err: BaseException) -> str:
@@ -16,6 +19,30 @@ def error_message(err: BaseException) -> str:
         _, found, message = last.partition(f"{type(err).__name__}: ")
         text = message if found else last
     return text
+
+
+def start_run(command: str, start: Callable[[], Any]) -> Any:
+    """Call ``start`` (a training run) and turn the failures the docs promise into exit codes, each one printed as
+    one line: 1 for a run stopped on a NaN/Inf loss or gradient, 2 for a user-caused error (bad recipe, key, file,
+    unit or device; a run directory in use or already finished; a missing checkpoint).
+
+    Returns:
+        What ``start`` returned, or the exit code (an ``int``) of the failure.
+    """
+    from predec.config import ConfigError
+    from predec.data.io import DataError
+    from predec.engine.guards import NonFiniteLossError
+    from predec.engine.run import RunExistsError
+    from predec.engine.run_dir import RunLockedError
+
+    try:
+        return start()
+    except NonFiniteLossError as err:
+        print(f"predec {command}: stopped: {err}", file=sys.stderr)
+        return 1
+    except (ConfigError, DataError, RunExistsError, RunLockedError, FileNotFoundError, ValueError) as err:
+        print(f"predec {command}: error: {error_message(err)}", file=sys.stderr)
+        return 2
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, listed: str) -> None:

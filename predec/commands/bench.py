@@ -31,7 +31,7 @@ CHANNELS_LAST_CHOICES: dict[str, tuple[bool, ...]] = {"on": (True,), "off": (Fal
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``bench`` options to ``parser``."""
-    from predec.bench import DEFAULT_MODELS, MODES, PRECISIONS, TASKS
+    from predec.bench.spec import DEFAULT_MODELS, MODES, PRECISIONS, TASKS
 
     parser.add_argument(
         "--models",
@@ -71,7 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write the JSON."""
-    from predec.bench import format_table, parse_model_spec, run_bench
+    from predec.bench.runs import run_bench
+    from predec.bench.spec import parse_model_spec
+    from predec.bench.table import format_table
 
     try:
         for spec in args.models:

@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 
 from predec.commands import error_message
-from predec.data.datasets.synth_layout import write_synthetic
-from predec.data.synthetic import LABEL_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="number of SynthObjects images (default: --num; 0 = none)",
     )
     synth.add_argument("--object-size", type=int, default=64, help="side of the object images (default 64)")
-    synth.add_argument("--object-labels", choices=LABEL_MODES, default="shape", help="object classes (default shape)")
+    synth.add_argument(
+        "--object-labels",
+        default="shape",
+        metavar="MODE",
+        help="object classes: shape or shape_texture (predec.data.LABEL_MODES; default shape)",
+    )
     synth.add_argument(
         "--val-fraction", type=float, default=0.2, help="held-out fraction, the last indices (default 0.2)"
     )
@@ -50,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
+    from predec.data.datasets.synth_layout import write_synthetic
+
     num_objects = args.num if args.num_objects is None else args.num_objects
     try:
         record = write_synthetic(

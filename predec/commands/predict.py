@@ -21,11 +21,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from predec.commands import error_message
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,7 @@ def colorize_depth(depth: np.ndarray, colormap: str = "magma") -> np.ndarray:
     Returns:
         uint8 RGB (H, W, 3).
     """
+    import numpy as np
     from matplotlib import colormaps
 
     valid = np.isfinite(depth) & (depth > 0)
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
     from PIL import Image
     from tqdm import tqdm

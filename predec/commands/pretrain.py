@@ -22,8 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-from predec.commands import add_run_arguments, error_message
-from predec.config import ConfigError, list_recipes, load_config
+from predec.commands import add_run_arguments, error_message, start_run
+from predec.config import list_recipes, load_config
 
 EXPORT_FORMATS = ("timm", "detectron2", "mmseg")
 
@@ -64,25 +64,23 @@ def run(args: argparse.Namespace) -> int:
         return _export(args)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from predec.data.io import DataError
-    from predec.engine.guards import NonFiniteLossError
-    from predec.engine.run import RunExistsError
-    from predec.engine.run_dir import RunLockedError
     from predec.pretrain.config import PretrainConfig
     from predec.pretrain.runs import run_pretraining
 
     if not args.config:
         print("predec pretrain: error: --config RECIPE is required (see --list), or --export", file=sys.stderr)
         return 2
-    try:
-        config = load_config(args.config, args.overrides, schema=PretrainConfig)
-        result = run_pretraining(config, args.run_dir, resume=args.resume, overwrite=args.overwrite)
-    except NonFiniteLossError as err:
-        print(f"predec pretrain: stopped: {err}", file=sys.stderr)
-        return 1
-    except (ConfigError, DataError, RunExistsError, RunLockedError, FileNotFoundError, ValueError) as err:
-        print(f"predec pretrain: error: {error_message(err)}", file=sys.stderr)
-        return 2
+    result = start_run(
+        "pretrain",
+        lambda: run_pretraining(
+            load_config(args.config, args.overrides, schema=PretrainConfig),
+            args.run_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        ),
+    )
+    if isinstance(result, int):
+        return result
     if rank_zero_only.rank == 0:  # under DDP every process returns here; one report is enough
         shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}
         print(f"Run directory: {result.run_dir.root} (step {result.step})")

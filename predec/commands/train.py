@@ -14,8 +14,8 @@ import argparse
 import json
 import sys
 
-from predec.commands import add_run_arguments, error_message
-from predec.config import ConfigError, list_recipes, load_config
+from predec.commands import add_run_arguments, start_run
+from predec.config import list_recipes, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,24 +31,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from predec.data.io import DataError
     from predec.engine.dense_runs import train_dense
-    from predec.engine.guards import NonFiniteLossError
-    from predec.engine.run import RunExistsError
-    from predec.engine.run_dir import RunLockedError
 
     if not args.config:
         print("predec train: error: --config RECIPE is required (see --list for the shipped recipes)", file=sys.stderr)
         return 2
-    try:
-        config = load_config(args.config, args.overrides)
-        result = train_dense(config, args.run_dir, resume=args.resume, overwrite=args.overwrite)
-    except NonFiniteLossError as err:
-        print(f"predec train: stopped: {err}", file=sys.stderr)
-        return 1
-    except (ConfigError, DataError, RunExistsError, RunLockedError, FileNotFoundError, ValueError) as err:
-        print(f"predec train: error: {error_message(err)}", file=sys.stderr)
-        return 2
+    result = start_run(
+        "train",
+        lambda: train_dense(
+            load_config(args.config, args.overrides), args.run_dir, resume=args.resume, overwrite=args.overwrite
+        ),
+    )
+    if isinstance(result, int):
+        return result
     if rank_zero_only.rank != 0:  # under DDP every process runs this command; one reports
         return 0
     scalars = {k: v for k, v in result.metrics["metrics"].items() if isinstance(v, (int, float))}

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from predec.config import check_options
+from predec.models.decoders import DECODERS, build_decoder
+from predec.models.decoders.base import checks_enabled
 from predec.models.encoders import TimmBackbone, check_backbone_name
 from predec.models.heads import TASKS, build_head
 from predec.models.weights import HUB_PREFIX, WeightSpec, load_weights
@@ -29,27 +30,15 @@ WEIGHTS_NAME = "model.safetensors"
 PAD_MODES: tuple[str, ...] = ("reflect", "replicate", "constant")
 
 
-def _decoders() -> dict[str, type[nn.Module]]:
-    """The decoder registry (imported lazily: decoder modules import this package's encoders)."""
-    from predec.models.decoders import DECODERS
-
-    return DECODERS
-
-
 def list_models() -> list[str]:
     """Names of the dense architectures (``arch`` of :func:`create_model`); backbones are any timm model."""
-    return sorted(_decoders())
+    return sorted(DECODERS)
 
 
 def _unknown(kind: str, name: str, valid: Sequence[str]) -> ValueError:
     close = difflib.get_close_matches(str(name), list(valid), n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return ValueError(f"Unknown {kind} {name!r}; valid: {', '.join(valid)}.{hint}")
-
-
-def _checks_enabled() -> bool:
-    """Eager-mode input checks are skipped while compiling, exporting or tracing (they would add guards)."""
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 class DenseModel(
@@ -96,9 +85,8 @@ class DenseModel(
         **decoder_kwargs: Any,
     ) -> None:
         super().__init__()
-        decoders = _decoders()
-        if arch not in decoders:
-            raise _unknown("architecture", arch, sorted(decoders))
+        if arch not in DECODERS:
+            raise _unknown("architecture", arch, sorted(DECODERS))
         if task not in TASKS:
             raise _unknown("task", task, TASKS)
         if task == "segmentation" and num_classes is None:
@@ -133,8 +121,7 @@ class DenseModel(
                 f"decoder={decoder!r} names a ×Net decoder backbone, but arch={arch!r} builds its own decoder: "
                 "leave decoder=None, or use arch='xnet'."
             )
-        check_options(decoders[arch], decoder_kwargs, "model.decoder_kwargs", fixed=("in_channels", "in_reductions"))
-        self.decoder = decoders[arch](self.encoder.channels, self.encoder.reductions, **decoder_kwargs)
+        self.decoder = build_decoder(arch, self.encoder.channels, self.encoder.reductions, **decoder_kwargs)
         self.head = build_head(
             task, self.decoder.out_channels, num_classes=num_classes, max_depth=max_depth, min_depth=min_depth
         )
@@ -175,7 +162,7 @@ class DenseModel(
         Returns:
             depth: (B, 1, H, W) metres in ``(min_depth, max_depth]``; segmentation: logits (B, num_classes, H, W).
         """
-        if _checks_enabled():
+        if checks_enabled():
             self._check_input(x)
         features = self.encoder(x)
         decoded = self.decoder(features, x)

@@ -10,12 +10,13 @@ import difflib
 import inspect
 from collections.abc import Sequence
 
-import predec.models.xnet  # noqa: F401  (registers "xnet"; the class lives in predec.models.xnet)
+from predec.config import check_options
 from predec.models.decoders.base import DECODERS, Decoder, DecoderOutput, register_decoder
 from predec.models.decoders.deeplabv3plus import DeepLabV3Plus
 from predec.models.decoders.fcn import FCN
 from predec.models.decoders.fpn import FPN
 from predec.models.decoders.unet import UNet
+from predec.models.decoders.xnet import XNetDecoder
 
 __all__ = [
     "DECODERS",
@@ -25,6 +26,7 @@ __all__ = [
     "DecoderOutput",
     "DeepLabV3Plus",
     "UNet",
+    "XNetDecoder",
     "build_decoder",
     "decoder_options",
     "register_decoder",
@@ -56,10 +58,11 @@ def build_decoder(arch: str, in_channels: Sequence[int], in_reductions: Sequence
 
     Returns:
         The decoder module.
+
+    Raises:
+        ValueError: an unknown architecture (the closest named); ``ConfigError``: an option the decoder does not take
+            (named as ``model.decoder_kwargs.<option>``, with the closest valid one).
     """
     cls = _decoder_class(arch)
-    valid = decoder_options(arch)
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(f"Unknown option(s) {unknown} for decoder {arch!r}; valid options: {', '.join(valid)}.")
+    check_options(cls, kwargs, "model.decoder_kwargs", fixed=("in_channels", "in_reductions"))
     return cls(in_channels, in_reductions, **kwargs)

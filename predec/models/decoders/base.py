@@ -50,8 +50,9 @@ class DecoderOutput:
 
 
 def checks_enabled() -> bool:
-    """Whether eager-mode shape checks should run (they are skipped while compiling, exporting or tracing)."""
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+    """Whether eager-mode input checks should run (skipped while compiling, exporting to ONNX or tracing: they would
+    add guards or graph nodes)."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 class Decoder(nn.Module):
