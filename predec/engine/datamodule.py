@@ -1,4 +1,6 @@
-"""Data for dense training and evaluation: datasets from the config, deterministic step-indexed sampling.
+"""Data for training and evaluation: deterministic step-indexed sampling, the step-indexed DataModules of every
+run (:class:`StepDataModule`, :class:`EvalStepDataModule`) and a recipe's dense datasets
+(:class:`DenseDataModule`).
 
 Training data order is a pure function of (seed, step): the global sample stream is the concatenation of seeded
 permutations of the dataset (one per pass), optimiser step ``s`` reads stream positions
@@ -14,13 +16,13 @@ over processes equal the single-process metrics.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from predec.config import ConfigError, DataConfig, check_options
 
@@ -233,8 +235,109 @@ def build_dataset(config: DataConfig, train: bool, transform: Any) -> Dataset:
     return readers[config.dataset](root, split, transform=transform, **kwargs)
 
 
-class DenseDataModule(L.LightningDataModule):
-    """Training and evaluation loaders of a dense task.
+class StepDataModule(L.LightningDataModule):
+    """Step-indexed training loader: deterministic in (seed, step) and resumable.
+
+    ``StepBatchSampler`` + ``SeededSamples``: a resumed run sees exactly the batches an uninterrupted one would have
+    seen, and each process of a DDP run its own shard of every step.
+
+    Args:
+        train_set: factory of the training set (called in ``setup``).
+        batch_size: training images per process.
+        seed: run seed.
+        max_steps: optimiser steps of the run.
+        accumulate_grad_batches: batches per optimiser step.
+        num_workers: loader workers.
+        collate_fn: batches samples (default: torch's ``default_collate``).
+    """
+
+    def __init__(
+        self,
+        train_set: Callable[[], Dataset],
+        batch_size: int,
+        seed: int,
+        max_steps: int,
+        accumulate_grad_batches: int = 1,
+        num_workers: int = 0,
+        collate_fn: Callable[[list[Any]], Any] = default_collate,
+    ) -> None:
+        super().__init__()
+        self._train_factory = train_set
+        self.batch_size, self.seed, self.max_steps = batch_size, seed, max_steps
+        self.accumulate, self.num_workers, self.collate_fn = accumulate_grad_batches, num_workers, collate_fn
+        self.train_set: Dataset | None = None
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.train_set is None:
+            self.train_set = self._train_factory()
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        rank, world = self._rank_world()
+        trainer = getattr(self, "trainer", None)
+        sampler = StepBatchSampler(
+            len(self.train_set),  # type: ignore[arg-type]
+            self.batch_size,
+            self.seed,
+            total_batches=self.max_steps * self.accumulate,
+            start_batch=trainer.global_step * self.accumulate if trainer is not None else 0,
+            rank=rank,
+            world_size=world,
+        )
+        return DataLoader(
+            SeededSamples(self.train_set),
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class EvalStepDataModule(StepDataModule):
+    """:class:`StepDataModule` plus an evaluation loader sharded without repetition over the processes.
+
+    Args:
+        train_set: factory of the training set.
+        val_set: factory of the evaluation set.
+        eval_batch_size: evaluation images per process.
+        **kwargs: the other :class:`StepDataModule` arguments.
+    """
+
+    def __init__(
+        self, train_set: Callable[[], Dataset], val_set: Callable[[], Dataset], eval_batch_size: int, **kwargs: Any
+    ) -> None:
+        super().__init__(train_set, **kwargs)
+        self._val_factory, self.eval_batch_size = val_set, eval_batch_size
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage in ("fit", "validate", "test") and self.val_set is None:
+            self.val_set = self._val_factory()
+            size, (_, world) = len(self.val_set), self._rank_world()  # type: ignore[arg-type]
+            if size == 0:
+                raise ValueError(f"The evaluation set {self.val_set!r} is empty: there is nothing to evaluate.")
+            if size < world:
+                raise ValueError(f"The evaluation set has {size} images, fewer than the {world} processes.")
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None
+        rank, world = self._rank_world()
+        return DataLoader(
+            self.val_set,
+            batch_size=self.eval_batch_size,
+            sampler=ShardSampler(len(self.val_set), rank, world),  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+        )
+
+
+class DenseDataModule(EvalStepDataModule):
+    """Training and evaluation loaders of a dense task (:class:`EvalStepDataModule` over the recipe's datasets).
 
     Args:
         config: data settings.
@@ -247,68 +350,35 @@ class DenseDataModule(L.LightningDataModule):
     def __init__(
         self, config: DataConfig, task: str, seed: int = 0, max_steps: int = 1, accumulate_grad_batches: int = 1
     ) -> None:
-        super().__init__()
-        self.config, self.task, self.seed = config, task, seed
-        self.max_steps, self.accumulate = max_steps, accumulate_grad_batches
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
-
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
-
-    def setup(self, stage: str) -> None:
-        from predec.data.transforms import eval_transform, train_transform
-
-        if stage == "fit" and self.train_set is None:
-            crop = self.config.crop_size or (self.config.image_size if self.config.dataset == "synth" else None)
-            if crop is None:
-                raise ValueError(f"data.crop_size is needed to train on {self.config.dataset!r} (e.g. [480, 640]).")
-            transform = train_transform(self.task, tuple(crop), **self.config.train_transform_kwargs)
-            self.train_set = build_dataset(self.config, train=True, transform=transform)
-        if stage in ("fit", "validate", "test") and self.val_set is None:
-            self.val_set = build_dataset(self.config, train=False, transform=eval_transform())
-            _, world = self._rank_world()
-            size = len(self.val_set)  # type: ignore[arg-type]
-            if size == 0:
-                raise ValueError(
-                    f"The evaluation set of data.dataset={self.config.dataset!r} (split {self.config.val_split!r}) is "
-                    "empty: there is nothing to evaluate."
-                )
-            if size < world:
-                raise ValueError(f"The evaluation set has {size} images, fewer than the {world} processes.")
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        rank, world = self._rank_world()
-        trainer = getattr(self, "trainer", None)
-        start = trainer.global_step * self.accumulate if trainer is not None else 0
-        sampler = StepBatchSampler(
-            len(self.train_set),  # type: ignore[arg-type]
-            self.config.batch_size,
-            self.seed,
-            total_batches=self.max_steps * self.accumulate,
-            start_batch=start,
-            rank=rank,
-            world_size=world,
-        )
-        return DataLoader(
-            SeededSamples(self.train_set),
-            batch_sampler=sampler,
-            num_workers=self.config.num_workers,
-            collate_fn=collate_samples,
-            persistent_workers=self.config.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None
-        rank, world = self._rank_world()
-        return DataLoader(
-            self.val_set,
-            batch_size=self.config.eval_batch_size,
-            sampler=ShardSampler(len(self.val_set), rank, world),  # type: ignore[arg-type]
-            num_workers=self.config.num_workers,
+        self.config, self.task = config, task
+        super().__init__(
+            self._build_train_set,
+            val_set=self._build_val_set,
+            eval_batch_size=config.eval_batch_size,
+            batch_size=config.batch_size,
+            seed=seed,
+            max_steps=max_steps,
+            accumulate_grad_batches=accumulate_grad_batches,
+            num_workers=config.num_workers,
             collate_fn=collate_samples,
         )
+
+    def _build_train_set(self) -> Dataset:
+        from predec.data.transforms import train_transform
+
+        crop = self.config.crop_size or (self.config.image_size if self.config.dataset == "synth" else None)
+        if crop is None:
+            raise ValueError(f"data.crop_size is needed to train on {self.config.dataset!r} (e.g. [480, 640]).")
+        transform = train_transform(self.task, tuple(crop), **self.config.train_transform_kwargs)
+        return build_dataset(self.config, train=True, transform=transform)
+
+    def _build_val_set(self) -> Dataset:
+        from predec.data.transforms import eval_transform
+
+        dataset = build_dataset(self.config, train=False, transform=eval_transform())
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise ValueError(
+                f"The evaluation set of data.dataset={self.config.dataset!r} (split {self.config.val_split!r}) is "
+                "empty: there is nothing to evaluate."
+            )
+        return dataset

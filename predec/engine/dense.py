@@ -37,20 +37,9 @@ def build_model(config: ModelConfig) -> torch.nn.Module:
     """``predec.create_model`` with the settings of ``config`` (weights resolved from the weight specs)."""
     from predec import create_model
 
-    return create_model(
-        config.arch,
-        encoder=config.encoder,
-        decoder=config.decoder,
-        task=config.task,
-        num_classes=config.num_classes,
-        max_depth=config.max_depth,
-        min_depth=config.min_depth,
-        encoder_weights=config.encoder_weights,
-        decoder_weights=config.decoder_weights,
-        in_chans=config.in_chans,
-        encoder_kwargs=dict(config.encoder_kwargs) or None,
-        **config.decoder_kwargs,
-    )
+    settings = to_dict(config)  # ModelConfig's fields are create_model's arguments, decoder options spread
+    decoder_kwargs = settings.pop("decoder_kwargs")
+    return create_model(**{**settings, "encoder_kwargs": settings["encoder_kwargs"] or None}, **decoder_kwargs)
 
 
 def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,11 @@ from predec.config import ConfigError, DenseConfig, ModelConfig, from_dict, to_d
 from predec.engine.checkpoint import read_checkpoint
 from predec.engine.dense import DenseModule, architecture_mismatch
 from predec.models.base import CONFIG_NAME, WEIGHTS_NAME
-from predec.models.weights import read_state_dict
+from predec.models.weights import load_state, read_state_dict
 
-_MODEL_FIELDS = ("arch", "encoder", "decoder", "task", "num_classes", "max_depth", "min_depth", "in_chans")
+_MODEL_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ModelConfig) if not f.name.endswith(("_weights", "_kwargs"))
+)  # what save_pretrained's config.json holds besides encoder_kwargs and the decoder's options
 
 
 @dataclass
@@ -100,30 +103,16 @@ def load_dense_checkpoint(path: str | Path) -> DenseCheckpoint:
 
 
 def load_state_checked(model: torch.nn.Module, checkpoint: DenseCheckpoint, description: str) -> None:
-    """Load ``checkpoint.state_dict`` into ``model`` strictly; on any mismatch raise naming the keys.
+    """Load ``checkpoint.state_dict`` into ``model`` strictly (:func:`predec.models.weights.load_state`).
 
     Raises:
-        ValueError: missing/unexpected/shape-mismatched keys (the checkpoint is from another architecture).
+        ValueError: missing/unexpected/shape-mismatched keys, named (the checkpoint is from another architecture).
     """
-    own = model.state_dict()
-    missing = [k for k in own if k not in checkpoint.state_dict]
-    unexpected = [k for k in checkpoint.state_dict if k not in own]
-    shapes = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in checkpoint.state_dict.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = [
-            f"{name} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-            for name, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes))
-            if items
-        ]
-        raise ValueError(
-            f"Checkpoint {checkpoint.path} does not fit the model of {description}: {'; '.join(parts)}. It was "
-            "written for another architecture; use the recipe it was trained with."
-        )
-    model.load_state_dict(checkpoint.state_dict)
+    hint = (
+        f"\nThe model is the one of {description}; the checkpoint was written for another architecture: use the "
+        "recipe it was trained with."
+    )
+    load_state(model, checkpoint.state_dict, part="model", origin=str(checkpoint.path), hint=hint)
 
 
 def check_checkpoint_architecture(checkpoint: DenseCheckpoint, config: DenseConfig) -> None:

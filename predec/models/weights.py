@@ -439,15 +439,42 @@ def load_weights(module: nn.Module, spec: WeightSpec, *, part: str, strict: bool
     else:
         raise TypeError(f"A weight spec is None, True, a string or a path; got {type(spec).__name__}: {spec!r}.")
 
+    hint = fits or (
+        "\nCheck that they belong to this architecture/backbone, or load them with strict=False through "
+        "predec.models.load_weights(..., strict=False) to keep the matching tensors."
+    )
+    return load_state(module, state, part=part, origin=origin, source=source, strict=strict, hint=hint)
+
+
+def load_state(
+    module: nn.Module,
+    state: dict[str, Tensor],
+    *,
+    part: str,
+    origin: str,
+    source: str | None = None,
+    strict: bool = True,
+    hint: str = "",
+) -> WeightsReport:
+    """Load a state dict already in memory into ``module``, as :func:`load_weights` does after reading its spec.
+
+    Args:
+        module: as in :func:`load_weights`.
+        state: the tensors (a whole-model, part or pre-training state dict; the part is selected by key prefix).
+        part: ``"encoder"``, ``"decoder"`` or ``"model"``.
+        origin: where ``state`` comes from, named in the report and errors.
+        source: ``student``/``teacher`` of a pre-training checkpoint, if chosen.
+        strict: raise ``ValueError`` naming the keys on any mismatch (else load what fits and warn).
+        hint: text appended to a strict mismatch error (what would be right).
+
+    Returns:
+        The report (also logged).
+    """
     target, sub = _select(state, module, part, source, origin)
     to_load, report = _compare(sub, target, origin)
     if not report.ok:
         if strict:
-            raise ValueError(
-                f"Weights {origin!r} do not fit the {part}:\n{report.summary()}{fits}\n"
-                "Check that they belong to this architecture/backbone, or load them with strict=False through "
-                "predec.models.load_weights(..., strict=False) to keep the matching tensors."
-            )
+            raise ValueError(f"Weights {origin!r} do not fit the {part}:\n{report.summary()}{hint}")
         logger.warning(report.summary())
     else:
         logger.info(report.summary())

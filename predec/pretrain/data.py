@@ -1,5 +1,5 @@
-"""The data of a pre-training run: two-view crops (self-supervised), classification crops with a held-out split
-(supervised), and the step-indexed, resumable loaders of both (:class:`StepDataModule`).
+"""The data of a pre-training run: two-view crops (self-supervised) and classification crops with a held-out split
+(supervised); the engine's step-indexed DataModules load them (:mod:`predec.engine.datamodule`).
 """
 
 from __future__ import annotations
@@ -8,14 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from predec.config import ConfigError, check_options
 from predec.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from predec.engine.datamodule import SeededSamples, ShardSampler, StepBatchSampler
 from predec.pretrain.config import PretrainDataConfig
 
 READER_FIXED: tuple[str, ...] = ("num", "root", "size", "seed", "transform", "classes")
@@ -111,97 +109,3 @@ def classification_datasets(config: PretrainDataConfig, train: bool) -> Dataset:
     return ClassificationFolder(
         str(root), classes=classification_classes(config), transform=transform, **config.reader_kwargs
     )
-
-
-class StepDataModule(L.LightningDataModule):
-    """Step-indexed training loader: deterministic in (seed, step) and resumable.
-
-    The sampling of :mod:`predec.engine.datamodule` (``StepBatchSampler`` + ``SeededSamples``): a resumed run sees
-    exactly the batches an uninterrupted one would have seen.
-
-    Args:
-        train_set: factory of the training set (called in ``setup``).
-        batch_size: training images per process.
-        seed: run seed.
-        max_steps: optimiser steps of the run.
-        accumulate_grad_batches: batches per optimiser step.
-        num_workers: loader workers.
-    """
-
-    def __init__(
-        self,
-        train_set: Callable[[], Dataset],
-        batch_size: int,
-        seed: int,
-        max_steps: int,
-        accumulate_grad_batches: int = 1,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__()
-        self._train_factory = train_set
-        self.batch_size, self.seed, self.max_steps = batch_size, seed, max_steps
-        self.accumulate, self.num_workers = accumulate_grad_batches, num_workers
-        self.train_set: Dataset | None = None
-
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.train_set is None:
-            self.train_set = self._train_factory()
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        rank, world = self._rank_world()
-        trainer = getattr(self, "trainer", None)
-        sampler = StepBatchSampler(
-            len(self.train_set),  # type: ignore[arg-type]
-            self.batch_size,
-            self.seed,
-            total_batches=self.max_steps * self.accumulate,
-            start_batch=trainer.global_step * self.accumulate if trainer is not None else 0,
-            rank=rank,
-            world_size=world,
-        )
-        return DataLoader(
-            SeededSamples(self.train_set),
-            batch_sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=default_collate,
-            persistent_workers=self.num_workers > 0,
-        )
-
-
-class EvalStepDataModule(StepDataModule):
-    """:class:`StepDataModule` plus an evaluation loader sharded without repetition over the processes.
-
-    Args:
-        train_set: factory of the training set.
-        val_set: factory of the evaluation set.
-        eval_batch_size: evaluation images per process.
-        **kwargs: the other :class:`StepDataModule` arguments.
-    """
-
-    def __init__(
-        self, train_set: Callable[[], Dataset], val_set: Callable[[], Dataset], eval_batch_size: int, **kwargs: Any
-    ) -> None:
-        super().__init__(train_set, **kwargs)
-        self._val_factory, self.eval_batch_size = val_set, eval_batch_size
-        self.val_set: Dataset | None = None
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if stage in ("fit", "validate") and self.val_set is None:
-            self.val_set = self._val_factory()
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None
-        rank, world = self._rank_world()
-        return DataLoader(
-            self.val_set,
-            batch_size=self.eval_batch_size,
-            sampler=ShardSampler(len(self.val_set), rank, world),  # type: ignore[arg-type]
-            num_workers=self.num_workers,
-            collate_fn=default_collate,
-        )

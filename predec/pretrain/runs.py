@@ -14,11 +14,12 @@ from typing import Any
 import lightning as L
 
 from predec.engine.allocator import pin_mmap_threshold
+from predec.engine.datamodule import EvalStepDataModule, StepDataModule
 from predec.engine.run import RunResult, fit_run
 from predec.engine.run_dir import RunDir
 from predec.models.weights import save_state_dict
 from predec.pretrain.config import PretrainConfig, check_pretrain_config
-from predec.pretrain.data import EvalStepDataModule, StepDataModule, classification_datasets, ssl_dataset
+from predec.pretrain.data import classification_datasets, ssl_dataset
 from predec.pretrain.decon import DeConModule
 from predec.pretrain.supervised import ClassificationModule
 
