@@ -68,30 +68,13 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
+        common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset, dynamo=dynamo)
         if dynamo:
             dim = torch.export.Dim.DYNAMIC
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=({axis: dim for axis in DYNAMIC_AXES},),
-                opset_version=opset,
-                dynamo=True,
-                verbose=False,
-            )
+            axes = dict(dynamic_shapes=({axis: dim for axis in DYNAMIC_AXES},), verbose=False)
         else:
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: DYNAMIC_AXES, OUTPUT_NAME: DYNAMIC_AXES},
-                opset_version=opset,
-                dynamo=False,
-            )
+            axes = dict(dynamic_axes={INPUT_NAME: DYNAMIC_AXES, OUTPUT_NAME: DYNAMIC_AXES})
+        torch.onnx.export(model, (example,), str(path), **common, **axes)
     finally:
         model.train(was_training)
     return path
