@@ -1,8 +1,11 @@
-"""Every dataset reader × every kind of bad file: ``predec train`` exits 2 with one line naming the file, and never
-trains on it silently.
+"""Every dataset reader × every kind of bad file: ``predec train`` / ``predec pretrain`` exit 2 with one line naming
+the file, and never train on it silently.
 
 Each case writes a tiny valid layout of the reader (4 samples at 32×32), breaks one file one way — truncated, empty,
-the wrong mode, the wrong size, the wrong unit or value range — and runs a 2-step ``predec train`` on it.
+not an image, the wrong mode (a 16-bit image, an RGB label, an 8-bit depth), the wrong size, the wrong unit or value
+range — and runs a 2-step ``predec train`` on it; the pre-training folders (``UnlabeledFolder`` of the
+self-supervised methods, ``ClassificationFolder`` of ``supervised``: training and held-out images) a 2-step
+``predec pretrain``.
 """
 
 from __future__ import annotations
@@ -146,11 +149,19 @@ def depth_times_ten(path: Path) -> None:
     Image.fromarray(np.minimum(data, 65535).astype(np.uint16)).save(path, format="PNG")
 
 
+def image_16bit(path: Path) -> None:  # a depth map where an image belongs: as RGB it would clip to almost white
+    Image.fromarray(np.full(SIZE, 3000, np.uint16)).save(path, format="PNG")
+
+
+def not_an_image(path: Path) -> None:
+    path.write_text("not an image\n")
+
+
 CASES = [
     (reader, role, corruption)
     for reader in LAYOUTS
     for role, corruptions in [
-        ("image", (truncate, empty, wrong_size)),
+        ("image", (truncate, empty, wrong_size, image_16bit)),
         ("label", (truncate, empty, rgb_label, label_out_of_range)),
         ("depth", (truncate, empty, depth_8bit, depth_times_ten)),
     ]
@@ -173,4 +184,58 @@ def test_a_bad_file_is_exit_2_and_one_line_naming_it(tmp_path, capsys, reader, r
     assert code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("predec ")]
     assert len(lines) == 1 and lines[0].startswith("predec train: error: "), lines
+    assert str(paths[role]) in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------------ pre-training folders (predec pretrain)
+def unlabeled(root: Path) -> tuple[list[str], dict[str, Path]]:
+    for i in range(N):
+        (root / "sub").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image(i)).save(root / "sub" / f"img_{i}.jpg")
+    return ["data.dataset=folder", f"data.root={root}"], {"image": root / "sub" / "img_0.jpg"}
+
+
+def classes(root: Path) -> tuple[list[str], dict[str, Path]]:
+    for split, count in (("train", N // 2), ("val", 1)):
+        for name in ("cat", "dog"):
+            for i in range(count):
+                write_image(root / split / name / f"{i}.png", image(i))
+    overrides = ["data.dataset=folder", f"data.root={root / 'train'}", f"data.val_root={root / 'val'}"]
+    return [*overrides, "data.reader_kwargs={}"], {
+        "image": root / "train" / "cat" / "0.png",
+        "val image": root / "val" / "cat" / "0.png",
+    }
+
+
+# reader: (layout, recipe, roles, the weights file a finished run writes)
+PRETRAIN_LAYOUTS: dict[str, tuple[Callable, str, tuple[str, ...], str]] = {
+    "unlabeled_folder": (unlabeled, "pretrain/synth_slotcon", ("image",), "weights.safetensors"),
+    "classification_folder": (classes, "pretrain/synth_supervised", ("image", "val image"), "classifier.safetensors"),
+}
+PRETRAIN_CASES = [
+    (reader, role, corruption)
+    for reader, (_, _, roles, _) in PRETRAIN_LAYOUTS.items()
+    for role in roles
+    for corruption in (truncate, empty, not_an_image, image_16bit)
+]
+
+
+@pytest.mark.parametrize(
+    ("reader", "role", "corruption"),
+    PRETRAIN_CASES,
+    ids=[f"{r}-{o.replace(' ', '_')}-{c.__name__}" for r, o, c in PRETRAIN_CASES],
+)
+def test_a_bad_pretraining_image_is_exit_2_and_one_line_naming_it(tmp_path, capsys, reader, role, corruption):
+    layout, recipe, _, weights = PRETRAIN_LAYOUTS[reader]
+    overrides, paths = layout(tmp_path / reader)
+    corruption(paths[role])
+    run_dir = tmp_path / "run"
+    argv = ["pretrain", "--config", recipe, "--run-dir", str(run_dir), "model.encoder=test_resnet", *overrides]
+    argv += ["ssl.num_prototypes=8", "ssl.hidden_dim=32", "ssl.out_dim=16", "data.view_size=32"]
+    argv += ["data.batch_size=2", "data.eval_batch_size=2", "trainer.max_steps=2", "schedule.warmup_steps=1"]
+    argv += ["trainer.progress_bar=false", "trainer.precision=32-true"]
+    code = main(argv)  # 4 training images, 2 steps of 2: every image is read; the held-out ones after training
+    assert code == 2 and not (run_dir / weights).exists()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("predec ")]
+    assert len(lines) == 1 and lines[0].startswith("predec pretrain: error: "), lines
     assert str(paths[role]) in lines[0], lines[0]

@@ -3,7 +3,7 @@
 Every reader in :mod:`predec.data.datasets` goes through these functions, so a broken file always raises a
 :class:`DataError` that names the file and the problem (never a silent wrong sample):
 
-- :func:`read_image`: RGB uint8 (H, W, 3); unreadable or truncated files are caught.
+- :func:`read_image`: RGB uint8 (H, W, 3); unreadable or truncated files and 16/32-bit images are refused.
 - :func:`read_label`: class-index PNG (palette ``P`` or grayscale ``L``) as uint8 (H, W).
 - :func:`check_labels`: values must be class ids ``0..num_classes-1`` or the ignore index 255.
 - :func:`read_depth`: 16-bit PNG → float32 metres (``value * scale``, 0 = invalid); 8-bit PNGs are rejected.
@@ -59,9 +59,16 @@ def read_image(path: str | Path) -> np.ndarray:
         uint8 array (H, W, 3).
 
     Raises:
-        DataError: the file is missing, unreadable or truncated.
+        DataError: the file is missing, unreadable or truncated, or holds 16/32-bit integer or float values
+            (e.g. a depth map), which Pillow would clip to 0..255 (a 16-bit depth PNG turns almost white).
     """
     image = _open_loaded(Path(path))
+    if image.mode.startswith(("I", "F")):  # I, I;16, I;16B, I;16L, F
+        raise DataError(
+            f"{path}: image has mode {image.mode!r} (16/32-bit grayscale, e.g. a depth map); expected an 8-bit "
+            "image (RGB, RGBA, grayscale, palette): read as RGB its values would be clipped to 0..255. Convert it "
+            "to 8 bits, or remove it if it is not a photo."
+        )
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.array(image, dtype=np.uint8)  # a writable copy
