@@ -67,16 +67,10 @@ EQUIVALENT = [
     "optim.weight_decay=1.0e-4",
 ]
 DDP = ["trainer.devices=2", "trainer.strategy=ddp"]
-BACKWARD_PART_BUG = (
-    "SSLMethod.backward_part (predec/pretrain/method.py) back-propagates view 0's part of the loss inside "
-    "training_step, and Lightning's automatic optimisation calls optimizer.zero_grad() after training_step, before "
-    "the backward of the returned loss: view 0's gradient is dropped on the first micro-batch of every step and "
-    "kept, not divided by accumulate_grad_batches, on the others. Remove this marker with the fix."
-)
 
 
 class WeightsDifferError(AssertionError):
-    """The parameters of the two runs differ (the expected failure while the bug above is open)."""
+    """The parameters of the two runs differ."""
 
 
 def parameters(run_dir) -> dict[str, torch.Tensor]:
@@ -104,7 +98,6 @@ def pretrain_here(run_dir, *overrides: str, capsys) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=WeightsDifferError, strict=True, reason=BACKWARD_PART_BUG)
 def test_two_process_pretraining_equals_one_process_at_the_same_global_batch(tmp_path, capsys):
     pretrain_here(tmp_path / "one", *OVERRIDES, *EQUIVALENT, "trainer.accumulate_grad_batches=2", capsys=capsys)
     proc = pretrain_ddp(tmp_path / "two", *OVERRIDES, *EQUIVALENT)

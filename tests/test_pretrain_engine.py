@@ -495,3 +495,43 @@ def test_classification_folder_labels_follow_the_training_classes(tmp_path):
     kept_label_mode = load_config("pretrain/synth_supervised", [*roots, "data.dataset=folder"], schema=PretrainConfig)
     with pytest.raises(ConfigError, match="label_mode"):
         classification_datasets(kept_label_mode.data, train=True)
+
+
+class GradientProbe(L.Callback):
+    """Keeps the first batch, the module as it was before its step, and the gradients the optimiser receives."""
+
+    def __init__(self) -> None:
+        self.batch = self.initial = self.grads = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self.batch is None:
+            self.batch = {k: v.clone() for k, v in batch.items()}
+            self.initial = copy.deepcopy(module)
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        if self.grads is None:
+            self.grads = {n: p.grad.clone() for n, p in module.learnable_params if p.grad is not None}
+
+
+def test_the_optimiser_receives_the_gradient_of_both_views(tmp_path):
+    """The loss of view 1, back-propagated inside ``training_step`` (``backward_part``), reaches the optimiser with
+    the returned loss of view 2: Lightning zeroes gradients after ``training_step``, which once dropped it (the
+    accumulated case is ``tests/test_ddp_pretrain.py``'s one-process side)."""
+    config = tiny_config(
+        "pretrain/synth_decon_ml",
+        "model.decoder_kwargs={channels: 16, skip_dropout: 0.0}",
+        "data.batch_size=4",
+        "schedule.warmup_steps=0",
+        "schedule.warmup_ratio=0.0",
+        steps=1,
+    )
+    probe = GradientProbe()
+    run_pretraining(config, tmp_path / "run", callbacks=[probe])
+    reference = probe.initial
+    reference.update_teachers(0, config.trainer.max_steps)
+    loss, _ = reference.ssl_loss(probe.batch)  # no trainer here: view 1's part is back-propagated at once, unscaled
+    loss.backward()
+    expected = {n: p.grad for n, p in reference.learnable_params if p.grad is not None}
+    assert expected.keys() == probe.grads.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(probe.grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

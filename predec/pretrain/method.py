@@ -111,6 +111,8 @@ class SSLMethod(L.LightningModule):
         """
         trainer = self._trainer
         check_finite_loss(loss, step, terms, trainer=trainer)
+        if trainer is not None:  # Lightning divides the loss it back-propagates by the accumulated batches; so here
+            loss = loss / trainer.accumulate_grad_batches
         scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None) if trainer is not None else None
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
@@ -145,9 +147,15 @@ class SSLMethod(L.LightningModule):
         return momenta
 
     # ------------------------------------------------------------------------------------------------ loop
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """Nothing: Lightning zeroes the gradients after ``training_step`` and before its backward, which would drop
+        what :meth:`backward_part` back-propagated inside it. :meth:`training_step` zeroes them itself, first."""
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         step = self.global_step
         if step != self._ema_step:  # once per optimiser step (first micro-batch under gradient accumulation)
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad(set_to_none=True)
             momenta = self.update_teachers(step, self.config.trainer.max_steps)
             self._ema_step = step
             self.log("train/momentum", momenta["encoder"], batch_size=1)
