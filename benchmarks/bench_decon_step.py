@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_decon_step.py [--precision bf16|fp32] [--steps 4] [--batch 8] [--size 224]
         [--prototypes 256] [--hidden 4096] [--alpha 0.5] [--skip-dropout 0.5] [--no-channels-last]
         [--threads 2] [--count-flops] [--profile] [--no-pin-mmap-threshold] [--json FILE]
+        [--compare jemalloc,tcmalloc,mimalloc,glibc]
 
 One step is exactly what ``predec pretrain`` runs per optimiser step with the ``decon_ml_coco_r50_fpn_800ep``
 settings (α 0.5, FPN skip channel dropout 0.5, K = 256, projectors 256 → 4096 → 4096 → 256 on C5 and on each of
@@ -12,8 +13,11 @@ P2..P5): teacher EMA update, teacher forward of both views (no grad), then per v
 five SlotCon heads and the backward of that view's part (``DeConModule.ssl_loss``), LARS step, scheduler step, on
 ``--batch`` random two-view batches of ``--size`` px with random overlap boxes and flips. Precision ``bf16`` is
 Lightning's ``bf16-mixed`` on CPU (``torch.autocast("cpu", bfloat16)``); the model and inputs are channels-last
-unless ``--no-channels-last``; glibc's mmap threshold is pinned to 1 MiB as ``predec pretrain`` does
-(``--no-pin-mmap-threshold``: glibc's default, under which the resident memory creeps up).
+unless ``--no-channels-last``. The allocator is this process's (``python`` alone: glibc's malloc, whose mmap threshold
+is pinned to 1 MiB as ``predec pretrain`` does under glibc; ``--no-pin-mmap-threshold``: glibc's default, under which
+the resident memory creeps up). ``--compare A,B,...`` runs the benchmark once per allocator, each in a fresh process
+under ``LD_PRELOAD`` as ``predec`` itself starts (:mod:`predec.allocator`; ``glibc``: predec's fallback, pinned;
+``glibc-dynamic``: glibc untouched), and prints one table with the speed-up over the first.
 
 Reported per step: wall and process-CPU seconds (of which kernel: ``sys_s``, mostly page faults, counted in
 ``minor_faults``), the peak resident memory *during that step* (``VmHWM`` reset before each step through
@@ -30,13 +34,16 @@ import json
 import os
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from predec.allocator import ALLOCATOR_ENV, active_allocator, preload_env, tune_glibc
 from predec.config import load_config
-from predec.engine.allocator import pin_mmap_threshold
 from predec.engine.trainer import cpu_has_bf16
 from predec.pretrain.config import PretrainConfig
 from predec.pretrain.decon import DeConModule
@@ -113,6 +120,7 @@ def main() -> None:
     parser.add_argument("--count-flops", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--compare", default=None, help="comma-separated allocators, one fresh process each")
     parser.add_argument(
         "--no-pin-mmap-threshold",
         dest="pin_mmap_threshold",
@@ -120,10 +128,13 @@ def main() -> None:
         help="keep glibc's dynamic mmap threshold (predec pretrain pins it to 1 MiB, see pin_mmap_threshold)",
     )
     args = parser.parse_args()
+    if args.compare:
+        compare(args.compare.split(","), [a for a in sys.argv[1:] if a not in ("--compare", args.compare)])
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
-    pinned = pin_mmap_threshold() if args.pin_mmap_threshold else False  # as run_pretraining does
+    pinned = tune_glibc() if args.pin_mmap_threshold else False  # as run_pretraining does (no-op if not glibc)
 
     module = build(args).train()
     optimizers = module.configure_optimizers()
@@ -199,7 +210,11 @@ def main() -> None:
         "max_peak_rss_gib": max(r["peak_rss_gib"] for r in records),
         "step0_tflop": None if flops is None else round(flops / 1e12, 3),
         "threads": args.threads,
+        "allocator": active_allocator(),
         "mmap_threshold_pinned": pinned,
+        "mean_sys_s": round(sum(r["sys_s"] for r in timed) / max(len(timed), 1), 2),
+        "kernel_share": round(sum(r["sys_s"] for r in timed) / max(sum(r["wall_s"] for r in timed), 1e-9), 3),
+        "mean_minor_faults": round(sum(r["minor_faults"] for r in timed) / max(len(timed), 1)),
         "load_1min_before": round(load_before, 2),
         "load_1min_after": round(os.getloadavg()[0], 2),
         "cpu": platform.processor() or platform.machine(),
@@ -211,6 +226,38 @@ def main() -> None:
     print(json.dumps({k: v for k, v in summary.items() if k != "steps"}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def compare(allocators: list[str], argv: list[str]) -> None:
+    """Run this benchmark once per allocator in a fresh process (as ``predec`` starts itself) and print a table."""
+    rows = []
+    for name in allocators:
+        pin = name != "glibc-dynamic"
+        env = {**os.environ, ALLOCATOR_ENV: "glibc" if name.startswith("glibc") else name}
+        env = preload_env(env) or env
+        if not name.startswith("glibc") and "LD_PRELOAD" not in env:
+            print(f"{name}: not installed here, skipped", flush=True)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "result.json"
+            cmd = [sys.executable, __file__, *argv, "--json", str(out), *([] if pin else ["--no-pin-mmap-threshold"])]
+            print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+            subprocess.run(cmd, env=env, check=True)
+            rows.append({"name": name, **json.loads(out.read_text())})
+    if not rows:
+        return
+    base = rows[0]["mean_wall_s"]
+    print(
+        "\n| allocator | step s | kernel s | kernel share | minor faults/step | peak GiB per step | "
+        f"x vs {rows[0]['name']} |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        peaks = ", ".join(f"{p:.2f}" for p in row["peak_rss_gib_per_step"])
+        print(
+            f"| {row['name']} ({row['allocator']}) | {row['mean_wall_s']:.1f} | {row['mean_sys_s']:.1f} | "
+            f"{row['kernel_share']:.1%} | {row['mean_minor_faults']:,} | {peaks} | {base / row['mean_wall_s']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

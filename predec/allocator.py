@@ -1,28 +1,136 @@
-"""Process memory tuning of training runs on Linux/glibc: :func:`pin_mmap_threshold`."""
+"""The memory allocator of predec's processes: a caching allocator preloaded by the CLI, glibc tuned as a fallback.
+
+A training step frees and re-allocates the same few hundred activation buffers (1-100 MiB each) every step. glibc's
+malloc either serves them from a heap that fragments (the resident memory creeps up step after step) or, with a low
+mmap threshold, maps fresh pages for each one (flat memory, but millions of page faults: a third of a DeCon-ML step
+in kernel time, ``docs/benchmarks.md``). A caching allocator (jemalloc, tcmalloc, mimalloc) reuses the freed pages:
+flat memory without the faults. Intel's PyTorch CPU tuning guide recommends the same.
+
+``predec`` therefore re-executes itself once at start with the allocator in ``LD_PRELOAD``
+(:func:`reexec_with_allocator`, called by the console script before torch is imported). ``PREDEC_ALLOCATOR``
+chooses: ``auto`` (default: the first of :data:`AUTO_ORDER` found), ``jemalloc``, ``tcmalloc``, ``mimalloc``, or
+``glibc`` (no preload). Where the chosen library is missing (a machine without it, macOS, Windows) the process keeps
+glibc and :func:`tune_glibc` pins its mmap threshold, as predec did before (flat memory, faults included). Libraries
+are looked for where pip puts ``cmeel-mimalloc`` (a dependency of predec, so ``auto`` always has one) and where
+Debian's ``libjemalloc2`` / ``libtcmalloc-minimal4`` install theirs. ``status.json`` of every run records the
+allocator it ran with.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
+import sysconfig
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
+ALLOCATOR_ENV = "PREDEC_ALLOCATOR"
+REEXEC_ENV = "PREDEC_ALLOCATOR_REEXEC"  # set in the re-executed process: never re-execute twice
+ALLOCATORS: tuple[str, ...] = ("jemalloc", "tcmalloc", "mimalloc", "glibc")
+AUTO_ORDER: tuple[str, ...] = ("jemalloc", "tcmalloc", "mimalloc")
+"""The order ``auto`` tries (the fastest first, as measured in ``docs/benchmarks.md``)."""
+
+LIBRARY_NAMES: dict[str, tuple[str, ...]] = {
+    "jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
+    "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so"),
+    "mimalloc": ("libmimalloc.so.3", "libmimalloc.so.2", "libmimalloc.so"),
+}
+SYSTEM_LIBRARY_DIRS: tuple[str, ...] = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+)
 MMAP_THRESHOLD_BYTES = 1 << 20
 
 
-def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Fix glibc's mmap threshold so that freed temporaries above ``threshold`` bytes go back to the OS.
+def library_dirs() -> list[Path]:
+    """Where allocator libraries are looked for: the Python environment's ``cmeel.prefix/lib`` (pip's
+    ``cmeel-mimalloc``), ``LD_LIBRARY_PATH``, then the system library directories."""
+    env_dirs = [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    python_dirs = {Path(sysconfig.get_paths()[key]) / "cmeel.prefix" / "lib" for key in ("purelib", "platlib")}
+    return [*sorted(python_dirs), *env_dirs, *(Path(p) for p in SYSTEM_LIBRARY_DIRS)]
 
-    glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed; the 1-32 MiB activations of a
-    training step then come from the heap, which fragments, and the resident memory creeps up step after step
-    (R50-FPN DeCon-ML on a CPU: peak 5.6, 6.9, 7.0 GiB in the first three steps instead of 5.0, 5.9, 5.9, see
-    ``docs/pretraining.md``). A fixed 1 MiB threshold keeps it flat; the price is page faults on fresh
-    allocations (there: 20-25 s of kernel time per step instead of 5-6 s). Nothing is changed where
-    ``MALLOC_MMAP_THRESHOLD_`` is set (the user's choice) or outside Linux/glibc.
+
+def find_allocator(name: str) -> Path | None:
+    """The shared library of allocator ``name`` on this machine, or None."""
+    for directory in library_dirs():
+        for filename in LIBRARY_NAMES.get(name, ()):
+            path = directory / filename
+            if path.is_file():
+                return path
+    return None
+
+
+def active_allocator() -> str:
+    """The allocator of this process: the caching allocator mapped into it, else ``glibc``."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "glibc"
+    for name, filenames in LIBRARY_NAMES.items():
+        if any(f"/{filename.split('.so')[0]}.so" in maps for filename in filenames):
+            return name
+    return "glibc"
+
+
+def chosen_allocator(environ: Mapping[str, str] = os.environ) -> str:
+    """``PREDEC_ALLOCATOR`` (default ``auto``), checked.
+
+    Raises:
+        ValueError: a value that is not ``auto`` or one of :data:`ALLOCATORS`.
+    """
+    choice = environ.get(ALLOCATOR_ENV, "auto").strip().lower() or "auto"
+    if choice != "auto" and choice not in ALLOCATORS:
+        raise ValueError(f"{ALLOCATOR_ENV}={choice!r}: expected auto, {', '.join(ALLOCATORS)}.")
+    return choice
+
+
+def preload_env(environ: Mapping[str, str] = os.environ) -> dict[str, str] | None:
+    """The environment that re-executes this process under the chosen caching allocator, or None when there is
+    nothing to do: ``glibc`` chosen, already re-executed, not Linux, or the library missing (a warning names it)."""
+    choice = chosen_allocator(environ)
+    if choice == "glibc" or environ.get(REEXEC_ENV) or not sys.platform.startswith("linux"):
+        return None
+    for name in AUTO_ORDER if choice == "auto" else (choice,):
+        library = find_allocator(name)
+        if library is not None:
+            preload = [p for p in environ.get("LD_PRELOAD", "").split() if p]
+            return {**environ, "LD_PRELOAD": " ".join([str(library), *preload]), REEXEC_ENV: name}
+        if choice != "auto":
+            logger.warning(
+                f"{ALLOCATOR_ENV}={choice}: no {' or '.join(LIBRARY_NAMES[name])} in "
+                f"{', '.join(map(str, library_dirs()))}; running with glibc's malloc (install {name}, e.g. "
+                "`apt-get install libjemalloc2` / `libtcmalloc-minimal4`, or `pip install cmeel-mimalloc`)."
+            )
+    return None
+
+
+def reexec_with_allocator(argv: Sequence[str]) -> None:
+    """Replace this process by ``python -m predec.cli ARGV`` under the chosen caching allocator (no return), if
+    :func:`preload_env` says so; otherwise return and let the command run here. Call it before torch is imported."""
+    env = preload_env()
+    if env is None or active_allocator() != "glibc":
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "predec.cli", *argv], env)
+
+
+def tune_glibc(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Under glibc's malloc, pin its mmap threshold so that freed temporaries above ``threshold`` bytes go back to
+    the OS (flat memory instead of a heap that creeps up, at the price of page faults). A no-op under a caching
+    allocator, outside Linux, or where ``MALLOC_MMAP_THRESHOLD_`` is set (the user's choice).
 
     Returns:
         Whether the threshold was set.
     """
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ or active_allocator() != "glibc":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

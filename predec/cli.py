@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``predec`` console script."""
+    """Entry point of the ``predec`` console script (``argv`` None: ``sys.argv``, and the process is first
+    re-executed under the caching allocator, see :mod:`predec.allocator`; a list: run in this process as it is)."""
+    if argv is None:
+        from predec.allocator import reexec_with_allocator
+
+        reexec_with_allocator(sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

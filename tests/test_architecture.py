@@ -16,7 +16,7 @@ PACKAGE = Path(predec.__file__).parent
 
 # Layers from the bottom; a module may import from its own layer and the ones below (docs/architecture.md).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("predec.atomic", "predec.config", "predec.zoo.registry"),
+    ("predec.allocator", "predec.atomic", "predec.config", "predec.zoo.registry"),
     ("predec", "predec.models", "predec.tasks", "predec.optim"),
     ("predec.data",),
     ("predec.engine",),

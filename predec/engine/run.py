@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from predec.allocator import active_allocator
 from predec.config import RUNTIME_KEYS, TrainerConfig
 from predec.engine.checkpoint import newest_valid_checkpoint, read_checkpoint
 from predec.engine.run_dir import FAILED, FINISHED, RUNNING, RunDir
@@ -163,7 +164,7 @@ def fit_run(
                 run.check_same_config(config, ignore=RUNTIME_KEYS)
         if rank_zero_only.rank == 0:
             run.save_config(config)
-            run.set_status(RUNNING, resumed_from=str(ckpt_path) if ckpt_path else None)
+            run.set_status(RUNNING, resumed_from=str(ckpt_path) if ckpt_path else None, allocator=active_allocator())
         L.seed_everything(config.seed, workers=True, verbose=False)
         module, datamodule = build(ckpt_path)
         trainer = build_trainer(
@@ -184,7 +185,7 @@ def fit_run(
         metrics = {**finish(trainer, module), "checkpoint": str(run.last_checkpoint)}
         if trainer.is_global_zero:
             run.write_metrics(metrics)
-            run.set_status(FINISHED, step=trainer.global_step)
+            run.set_status(FINISHED, step=trainer.global_step, allocator=active_allocator())
     except BaseException as err:
         end_run(run, err, trainer, start_step)
         raise

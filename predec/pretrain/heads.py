@@ -71,7 +71,7 @@ class _Workspace:
     """Chunk-sized buffers reused by every chunk of one forward or backward call.
 
     Allocating the per-chunk temporaries once per call instead of once per chunk avoids the page faults of fresh
-    allocations (under :func:`predec.engine.allocator.pin_mmap_threshold` every allocation of 1 MiB or more is a
+    allocations (under :func:`predec.allocator.tune_glibc` every allocation of 1 MiB or more is a
     fresh ``mmap``).
     """
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 
-from predec.engine.allocator import pin_mmap_threshold
+from predec.allocator import tune_glibc
 from predec.engine.datamodule import EvalStepDataModule, StepDataModule
 from predec.engine.run import RunResult, fit_run
 from predec.engine.run_dir import RunDir
@@ -78,7 +78,7 @@ def run_pretraining(
             without usable levels, a foreign checkpoint.
     """
     check_pretrain_config(config)
-    pin_mmap_threshold()
+    tune_glibc()  # a no-op under the caching allocator the CLI preloads
     run = RunDir(run_dir or Path(config.output_dir) / config.name)
     supervised = config.method == "supervised"
 

@@ -1,0 +1,136 @@
+"""predec against segmentation_models_pytorch: one training step of the same architecture, side by side.
+
+Usage::
+
+    pip install segmentation-models-pytorch        # a benchmark extra, not a predec dependency
+    python benchmarks/bench_vs_smp.py [--archs fpn unet] [--encoder resnet18] [--batch 8] [--size 128]
+        [--precision fp32 bf16] [--steps 10] [--threads 2] [--channels-last] [--profile fpn]
+
+One step, identical for both libraries: forward, cross-entropy (ignore index 255) on float32 logits, backward, AdamW
+(lr 1e-4, weight decay 1e-2, ``foreach``), ``zero_grad(set_to_none=True)``; the same random batch; the model in
+train mode; bf16 = ``torch.autocast("cpu", bfloat16)`` as Lightning's ``bf16-mixed``. predec's models come from
+``predec.create_model(arch, encoder=...)``, smp's from ``smp.FPN`` / ``smp.Unet`` with ``encoder_weights=None`` and
+its defaults. Both run in this process, interleaved: round r times every model once, so drift of the machine's speed
+hits both alike; the median of ``--steps`` rounds after 3 warm-up rounds is reported with the ratio smp / predec
+(> 1: predec is faster). ``--profile ARCH`` prints the operators of predec's step by CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import predec
+from predec.engine.trainer import cpu_has_bf16, cpu_name
+
+CLASSES = 21
+
+
+def smp_model(arch: str, encoder: str) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    build = {"fpn": smp.FPN, "unet": smp.Unet}[arch]
+    return build(encoder_name=encoder, encoder_weights=None, classes=CLASSES)
+
+
+def predec_model(arch: str, encoder: str) -> nn.Module:
+    return predec.create_model(arch, encoder=encoder, task="segmentation", num_classes=CLASSES)
+
+
+def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bf16: bool) -> Callable[[], None]:
+    """The training step of ``model`` on this batch, as a closure."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2, foreach=True)
+    model.train()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=255)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", nargs="+", default=["fpn", "unet"], choices=["fpn", "unet"])
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--profile", default=None, choices=["fpn", "unet"])
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    precisions = args.precision or (["fp32", "bf16"] if cpu_has_bf16() else ["fp32"])
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch, 3, args.size, args.size, generator=generator)
+    labels = torch.randint(0, CLASSES, (args.batch, args.size, args.size), generator=generator)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    images = images.contiguous(memory_format=memory_format)
+    print(
+        f"# {cpu_name()}, {args.threads} threads, bf16 units: {cpu_has_bf16()}, torch {torch.__version__}, "
+        f"batch {args.batch}, {args.size}², {'channels_last' if args.channels_last else 'NCHW'}, "
+        f"load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    rows = []
+    for precision in precisions:
+        steps: dict[str, Callable[[], None]] = {}
+        for arch in args.archs:
+            for library, build in (("predec", predec_model), ("smp", smp_model)):
+                torch.manual_seed(0)
+                model = build(arch, args.encoder).to(memory_format=memory_format)
+                steps[f"{library} {arch}"] = train_step(model, images, labels, precision == "bf16")
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for round_index in range(args.steps + 3):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                if round_index >= 3:
+                    times[name].append(time.perf_counter() - start)
+        for arch in args.archs:
+            ours, theirs = (statistics.median(times[f"{lib} {arch}"]) * 1e3 for lib in ("predec", "smp"))
+            row = {"arch": arch, "precision": precision, "predec_ms": round(ours, 1), "smp_ms": round(theirs, 1)}
+            row["smp_over_predec"] = round(theirs / ours, 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                steps[f"predec {args.profile}"]()
+            print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
+    print("\n| arch | precision | predec ms/step | smp ms/step | smp / predec |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['arch']} | {row['precision']} | {row['predec_ms']} | {row['smp_ms']} | {row['smp_over_predec']} |"
+        )
+    if args.json:
+        machine = {
+            "cpu": cpu_name(),
+            "machine": platform.machine(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+        }
+        with open(args.json, "w") as handle:
+            json.dump({"machine": machine, "args": vars(args), "rows": rows}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
