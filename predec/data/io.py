@@ -17,6 +17,7 @@ The writers (:func:`write_image`, :func:`write_label`, :func:`write_depth`) prod
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -291,4 +292,79 @@ def check_depth_range(
         f"{where}: {outside:.0%} of the valid depths lie outside the model's range ({min_depth:g}, {max_depth:g}] m "
         f"(median {median:.4g} m): the depth unit or the reader's depth_scale is wrong.{hint} "
         "(NYU-Depth-v2 PNGs hold millimetres, depth_scale 0.001; KITTI's hold metres × 256, depth_scale 1/256.)"
+    )
+
+
+DEPTH_MEDIAN_FRACTIONS = (1 / 12, 3 / 4)
+"""Plausible median valid depth of a dataset, as fractions of the model's ``max_depth``. Real data sit near 1/4:
+NYU-Depth-v2 ≈ 2.5 m of 10 m, KITTI's LiDAR ≈ 10-20 m of 80 m, SynthScenes 2.5 m of 10 m (0.11-0.44 per image);
+KITTI's metres × 256 read as millimetres gives 0.256× that (≈ 2.5-5 m of 80 m, 3-6 %, below 1/12), NYU's millimetres
+read as KITTI's 1/256 m 3.9× (≈ 10 m of 10 m, above 3/4)."""
+DEPTH_SCALES = {"millimetres (NYU-Depth-v2, ×1000)": 1 / 1000, "metres × 256 (KITTI)": 1 / 256}
+"""The common conventions of 16-bit depth PNGs (metres per unit), named when a dataset's median fits one of them."""
+
+
+def check_depth_median(
+    depths: Sequence[np.ndarray],
+    files: Sequence[str | Path],
+    max_depth: float,
+    source: str | Path,
+    depth_scale: float | None = None,
+) -> None:
+    """Refuse a dataset whose median valid depth is implausible for the model's ``max_depth``: depths that fit the
+    range but are a few times too small or too large (KITTI's metres × 256 read with NYU's millimetre scale), which
+    :func:`check_depth_range` lets through.
+
+    The statistic is the median of the per-file medians, so one wrong file among good ones does not move it (that
+    file is :func:`check_depth_range`'s); it must lie within :data:`DEPTH_MEDIAN_FRACTIONS` of ``max_depth``.
+
+    Args:
+        depths: (H, W) metres of a few files spread over the dataset, 0 (or non-finite) = no measurement.
+        files: the files they were read from (the first one is named in the error).
+        max_depth: the model's upper bound (metres).
+        source: the dataset (its split file), named in the error.
+        depth_scale: the reader's metres per PNG unit, if known (the error then gives the value that fits).
+
+    Raises:
+        DataError: naming the first file, the median, its fraction of ``max_depth`` and the scale that fits.
+    """
+    medians = []
+    for depth in depths:
+        values = np.asarray(depth, dtype=np.float64)
+        values = values[np.isfinite(values) & (values > 0)]
+        if values.size:
+            medians.append(float(np.median(values)))
+    if not medians:
+        return
+    median = float(np.median(medians))
+    low, high = (fraction * max_depth for fraction in DEPTH_MEDIAN_FRACTIONS)
+    if low <= median <= high:
+        return
+    size = "small" if median < low else "large"
+    target = math.sqrt(low * high)  # the middle of the plausible band (log scale)
+    hint = " The depth unit or the reader's depth_scale is wrong."
+    if depth_scale:
+        fits = [
+            (abs(math.log(median * scale / depth_scale / target)), f"the PNGs look like {name}", scale)
+            for name, scale in DEPTH_SCALES.items()
+            if not math.isclose(scale, depth_scale) and low <= median * scale / depth_scale <= high
+        ]
+        fits += [
+            (abs(math.log(median * ratio / target)), f"the values look {name} too {size}", depth_scale * ratio)
+            for name, factor in UNIT_FACTORS.items()
+            for ratio in [factor if size == "small" else 1 / factor]
+            if low <= median * ratio <= high
+        ]
+        if fits:  # the convention or unit factor that brings the median closest to the middle of the band
+            _, what, scale = min(fits, key=lambda fit: fit[0])
+            hint = (
+                f" With depth_scale={depth_scale:.6g} {what}: set data.reader_kwargs.depth_scale={scale:.6g} "
+                f"(median then {median * scale / depth_scale:.3g} m)."
+            )
+    more = f" and {len(files) - 1} more sampled depth files" if len(files) > 1 else ""
+    raise DataError(
+        f"{files[0]}{more} of {source}: the median valid depth {median:.3g} m is {median / max_depth:.1%} of the "
+        f"model's max_depth {max_depth:g} m, implausibly {size} for depth data (NYU-Depth-v2, KITTI: about 1/4; "
+        f"accepted: 1/12 to 3/4).{hint} If the depths are right, set model.max_depth to fit them (about 4 × the "
+        f"median: {4 * median:.3g} m)."
     )

@@ -108,6 +108,15 @@ class DenseModule(L.LightningModule):
         return loss, {"ce": loss.detach()}
 
     # --------------------------------------------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        """Refuse depth readers whose depths do not fit the model's range (a wrong unit) before the first step of a
+        fit or an evaluation (:meth:`predec.data.datasets.DepthSplitDataset.check_depth_unit`)."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        sets = [getattr(datamodule, name, None) for name in ("train_set", "val_set")]
+        model_cfg = self.config.model
+        for dataset in {id(d): d for d in sets if self.task == "depth" and hasattr(d, "check_depth_unit")}.values():
+            dataset.check_depth_unit(model_cfg.min_depth, model_cfg.max_depth)
+
     def check_depth_targets(self, batch: dict[str, Any]) -> None:
         """Refuse a batch holding a sample whose depth targets lie mostly outside the model's (min_depth, max_depth]:
         a wrong unit (:func:`predec.data.io.check_depth_range` names the file and the fix). Two reductions per sample.

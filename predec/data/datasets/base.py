@@ -2,7 +2,8 @@
 
 - :class:`SampleDataset`: a torch Dataset of common sample dicts with an optional transform and a clear repr.
 - :class:`SegmentationDataset`: (image, label PNG) pairs, a raw-label check and an optional label conversion.
-- :class:`DepthSplitDataset`: ``rgb_path depth_path focal`` split files (the BTS / Monodepth convention).
+- :class:`DepthSplitDataset`: ``rgb_path depth_path focal`` split files (the BTS / Monodepth convention), with a
+  check of the depth unit on a few files (:meth:`DepthSplitDataset.check_depth_unit`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 
 from predec.data.io import (
     DataError,
+    check_depth_median,
+    check_depth_range,
     check_labels,
     check_same_size,
     read_depth,
@@ -198,6 +201,24 @@ class DepthSplitDataset(SampleDataset):
             meta["depth_path"] = str(depth_path)
             meta["depth_scale"] = self.depth_scale
         return make_sample(image, depth=depth, meta=meta)
+
+    def check_depth_unit(self, min_depth: float, max_depth: float, num_files: int = 8) -> None:
+        """Refuse the split if its depths do not fit the model's range: a wrong unit or ``depth_scale``.
+
+        Reads the depth PNGs of ``num_files`` items spread evenly over the split (the first and the last included;
+        not their images, a few milliseconds per file) and applies the per-sample check
+        (:func:`predec.data.io.check_depth_range`: most values outside ``(min_depth, max_depth]``) to each, then the
+        dataset check (:func:`predec.data.io.check_depth_median`: the median implausible for ``max_depth``).
+        """
+        items = [depth for _, depth, _ in self.items if depth is not None]
+        if not items:
+            return
+        picks = sorted({round(float(i)) for i in np.linspace(0, len(items) - 1, min(num_files, len(items)))})
+        files = [items[i] for i in picks]
+        depths = [read_depth(path, self.depth_scale) for path in files]
+        for path, depth in zip(files, depths):
+            check_depth_range(depth, min_depth, max_depth, str(path), self.depth_scale)
+        check_depth_median(depths, files, max_depth, self.split_file, self.depth_scale)
 
     def _repr_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"root": str(self.root), "split_file": str(self.split_file)}
