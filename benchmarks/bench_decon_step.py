@@ -17,7 +17,8 @@ unless ``--no-channels-last``. The allocator is this process's (``python`` alone
 is pinned to 1 MiB as ``predec pretrain`` does under glibc; ``--no-pin-mmap-threshold``: glibc's default, under which
 the resident memory creeps up). ``--compare A,B,...`` runs the benchmark once per allocator, each in a fresh process
 under ``LD_PRELOAD`` as ``predec`` itself starts (:mod:`predec.allocator`; ``glibc``: predec's fallback, pinned;
-``glibc-dynamic``: glibc untouched), and prints one table with the speed-up over the first.
+``glibc-dynamic``: glibc untouched; ``glibc-thp``: pinned, its mappings on transparent huge pages), and prints one
+table with the speed-up over the first.
 
 Reported per step: wall and process-CPU seconds (of which kernel: ``sys_s``, mostly page faults, counted in
 ``minor_faults``), the peak resident memory *during that step* (``VmHWM`` reset before each step through
@@ -234,6 +235,8 @@ def compare(allocators: list[str], argv: list[str]) -> None:
     for name in allocators:
         pin = name != "glibc-dynamic"
         env = {**os.environ, ALLOCATOR_ENV: "glibc" if name.startswith("glibc") else name}
+        if name == "glibc-thp":  # pinned, and malloc's mappings on transparent huge pages (glibc >= 2.35)
+            env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
         env = preload_env(env) or env
         if not name.startswith("glibc") and "LD_PRELOAD" not in env:
             print(f"{name}: not installed here, skipped", flush=True)

@@ -3,7 +3,7 @@
 Usage::
 
     pip install segmentation-models-pytorch        # a benchmark extra, not a predec dependency
-    python benchmarks/bench_vs_smp.py [--archs fpn unet] [--encoder resnet18] [--batch 8] [--size 128]
+    python benchmarks/bench_vs_smp.py [--archs fpn unet xnet] [--encoder resnet18] [--batch 8] [--size 128]
         [--precision fp32 bf16] [--steps 10] [--threads 2] [--channels-last] [--profile fpn]
 
 One step, identical for both libraries: forward, cross-entropy (ignore index 255) on float32 logits, backward, AdamW
@@ -12,7 +12,9 @@ train mode; bf16 = ``torch.autocast("cpu", bfloat16)`` as Lightning's ``bf16-mix
 ``predec.create_model(arch, encoder=...)``, smp's from ``smp.FPN`` / ``smp.Unet`` with ``encoder_weights=None`` and
 its defaults. Both run in this process, interleaved: round r times every model once, so drift of the machine's speed
 hits both alike; the median of ``--steps`` rounds after 3 warm-up rounds is reported with the ratio smp / predec
-(> 1: predec is faster). ``--profile ARCH`` prints the operators of predec's step by CPU time.
+(> 1: predec is faster). ``xnet`` (predec's ×Net, the encoder also as its decoder backbone) has no smp counterpart:
+its row gives its step time over predec's FPN instead. ``--profile ARCH`` prints the operators of predec's step by
+CPU time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import predec
 from predec.engine.trainer import cpu_has_bf16, cpu_name
 
 CLASSES = 21
+ARCHS = ("fpn", "unet", "xnet")
+SMP_ARCHS = ("fpn", "unet")
 
 
 def smp_model(arch: str, encoder: str) -> nn.Module:
@@ -43,7 +47,8 @@ def smp_model(arch: str, encoder: str) -> nn.Module:
 
 
 def predec_model(arch: str, encoder: str) -> nn.Module:
-    return predec.create_model(arch, encoder=encoder, task="segmentation", num_classes=CLASSES)
+    decoder = {"decoder": encoder} if arch == "xnet" else {}
+    return predec.create_model(arch, encoder=encoder, task="segmentation", num_classes=CLASSES, **decoder)
 
 
 def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bf16: bool) -> Callable[[], None]:
@@ -64,7 +69,7 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bf1
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", nargs="+", default=["fpn", "unet"], choices=["fpn", "unet"])
+    parser.add_argument("--archs", nargs="+", default=["fpn", "unet"], choices=ARCHS)
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
@@ -72,7 +77,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--profile", default=None, choices=["fpn", "unet"])
+    parser.add_argument("--profile", default=None, choices=ARCHS)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -93,6 +98,8 @@ def main() -> None:
         steps: dict[str, Callable[[], None]] = {}
         for arch in args.archs:
             for library, build in (("predec", predec_model), ("smp", smp_model)):
+                if library == "smp" and arch not in SMP_ARCHS:
+                    continue
                 torch.manual_seed(0)
                 model = build(arch, args.encoder).to(memory_format=memory_format)
                 steps[f"{library} {arch}"] = train_step(model, images, labels, precision == "bf16")
@@ -103,10 +110,15 @@ def main() -> None:
                 step()
                 if round_index >= 3:
                     times[name].append(time.perf_counter() - start)
+        medians = {name: statistics.median(values) * 1e3 for name, values in times.items()}
         for arch in args.archs:
-            ours, theirs = (statistics.median(times[f"{lib} {arch}"]) * 1e3 for lib in ("predec", "smp"))
-            row = {"arch": arch, "precision": precision, "predec_ms": round(ours, 1), "smp_ms": round(theirs, 1)}
-            row["smp_over_predec"] = round(theirs / ours, 3)
+            ours = medians[f"predec {arch}"]
+            row = {"arch": arch, "precision": precision, "predec_ms": round(ours, 1)}
+            if arch in SMP_ARCHS:
+                row["smp_ms"] = round(medians[f"smp {arch}"], 1)
+                row["smp_over_predec"] = round(medians[f"smp {arch}"] / ours, 3)
+            if arch == "xnet" and "predec fpn" in medians:
+                row["over_predec_fpn"] = round(ours / medians["predec fpn"], 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
         if args.profile:
@@ -115,12 +127,11 @@ def main() -> None:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 steps[f"predec {args.profile}"]()
             print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
-    print("\n| arch | precision | predec ms/step | smp ms/step | smp / predec |")
-    print("|---|---|---|---|---|")
+    print("\n| arch | precision | predec ms/step | smp ms/step | smp / predec | ×Net / predec FPN |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        print(
-            f"| {row['arch']} | {row['precision']} | {row['predec_ms']} | {row['smp_ms']} | {row['smp_over_predec']} |"
-        )
+        cells = [row.get(key, "—") for key in ("predec_ms", "smp_ms", "smp_over_predec", "over_predec_fpn")]
+        print(f"| {row['arch']} | {row['precision']} | " + " | ".join(map(str, cells)) + " |")
     if args.json:
         machine = {
             "cpu": cpu_name(),

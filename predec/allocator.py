@@ -11,9 +11,10 @@ flat memory without the faults. Intel's PyTorch CPU tuning guide recommends the 
 chooses: ``auto`` (default: the first of :data:`AUTO_ORDER` found), ``jemalloc``, ``tcmalloc``, ``mimalloc``, or
 ``glibc`` (no preload). Where the chosen library is missing (a machine without it, macOS, Windows) the process keeps
 glibc and :func:`tune_glibc` pins its mmap threshold, as predec did before (flat memory, faults included). Libraries
-are looked for where pip puts ``cmeel-mimalloc`` (a dependency of predec, so ``auto`` always has one) and where
-Debian's ``libjemalloc2`` / ``libtcmalloc-minimal4`` install theirs. ``status.json`` of every run records the
-allocator it ran with.
+are looked for where Debian's ``libtcmalloc-minimal4`` / ``libjemalloc2`` install theirs (``apt-get install``; the
+fastest here, ``docs/benchmarks.md``) and where pip puts ``cmeel-mimalloc`` (``pip install cmeel-mimalloc``: the
+one caching allocator on PyPI, faster than glibc but with a higher peak, so not a dependency). ``status.json`` of
+every run records the allocator it ran with.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 ALLOCATOR_ENV = "PREDEC_ALLOCATOR"
 REEXEC_ENV = "PREDEC_ALLOCATOR_REEXEC"  # set in the re-executed process: never re-execute twice
 ALLOCATORS: tuple[str, ...] = ("jemalloc", "tcmalloc", "mimalloc", "glibc")
-AUTO_ORDER: tuple[str, ...] = ("jemalloc", "tcmalloc", "mimalloc")
+AUTO_ORDER: tuple[str, ...] = ("tcmalloc", "jemalloc", "mimalloc")
 """The order ``auto`` tries (the fastest first, as measured in ``docs/benchmarks.md``)."""
 
 LIBRARY_NAMES: dict[str, tuple[str, ...]] = {
@@ -47,6 +48,16 @@ SYSTEM_LIBRARY_DIRS: tuple[str, ...] = (
     "/usr/local/lib",
 )
 MMAP_THRESHOLD_BYTES = 1 << 20
+ALLOCATOR_SETTINGS: dict[str, dict[str, str]] = {
+    # Keep freed pages for reuse instead of returning them to the OS after a few seconds (a training step is longer
+    # than the default decay, so every step would fault its pages in again); as PyTorch's CPU tuning guide sets it.
+    "jemalloc": {
+        "MALLOC_CONF": "oversize_threshold:1,background_thread:true,metadata_thp:auto,"
+        "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    },
+    "mimalloc": {"MIMALLOC_PURGE_DELAY": "-1"},
+}
+"""Environment settings each allocator runs with (a value the user set already wins)."""
 
 
 def library_dirs() -> list[Path]:
@@ -101,7 +112,8 @@ def preload_env(environ: Mapping[str, str] = os.environ) -> dict[str, str] | Non
         library = find_allocator(name)
         if library is not None:
             preload = [p for p in environ.get("LD_PRELOAD", "").split() if p]
-            return {**environ, "LD_PRELOAD": " ".join([str(library), *preload]), REEXEC_ENV: name}
+            settings = ALLOCATOR_SETTINGS.get(name, {})
+            return {**settings, **environ, "LD_PRELOAD": " ".join([str(library), *preload]), REEXEC_ENV: name}
         if choice != "auto":
             logger.warning(
                 f"{ALLOCATOR_ENV}={choice}: no {' or '.join(LIBRARY_NAMES[name])} in "

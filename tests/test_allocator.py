@@ -80,3 +80,13 @@ def test_a_bad_choice_names_the_valid_ones():
 def test_this_test_process_is_not_re_executed():
     """``main(argv)`` (a list: tests, notebooks) runs in the calling process; only the console script re-executes."""
     assert active_allocator() in ("glibc", *allocator.AUTO_ORDER)
+
+
+def test_the_allocators_settings_are_applied_and_the_users_win(monkeypatch, tmp_path):
+    (tmp_path / "libjemalloc.so.2").write_bytes(b"")
+    monkeypatch.setattr(allocator, "library_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(sys, "platform", "linux")
+    env = preload_env({ALLOCATOR_ENV: "jemalloc"})
+    assert env is not None and "dirty_decay_ms:-1" in env["MALLOC_CONF"]
+    env = preload_env({ALLOCATOR_ENV: "jemalloc", "MALLOC_CONF": "narenas:1"})
+    assert env is not None and env["MALLOC_CONF"] == "narenas:1"
