@@ -6,12 +6,18 @@ Usage::
     python benchmarks/bench_vs_smp.py [--archs fpn unet xnet] [--encoder resnet18] [--batch 8] [--size 128]
         [--precision fp32 bf16] [--steps 10] [--threads 2] [--channels-last] [--profile fpn]
 
-One step, identical for both libraries: forward, cross-entropy (ignore index 255) on float32 logits, backward, AdamW
-(lr 1e-4, weight decay 1e-2, ``foreach``), ``zero_grad(set_to_none=True)``; the same random batch; the model in
-train mode; bf16 = ``torch.autocast("cpu", bfloat16)`` as Lightning's ``bf16-mixed``. predec's models come from
-``predec.create_model(arch, encoder=...)``, smp's from ``smp.FPN`` / ``smp.Unet`` with ``encoder_weights=None`` and
-its defaults. Both run in this process, interleaved: round r times every model once, so drift of the machine's speed
-hits both alike; the median of ``--steps`` rounds after 3 warm-up rounds is reported with the ratio smp / predec
+``--step own`` (default): each library's training step as its users run it. predec: what ``predec train`` runs,
+its optimiser builder (``predec.optim.build_optimizer``: AdamW, torch's fused kernel, no decay on norms and biases),
+its ``cross_entropy_loss`` and channels_last (``trainer.channels_last: true``, as its recipes set); smp: the loop
+of its examples, ``torch.optim.AdamW(model.parameters())`` (torch's default implementation) and
+``F.cross_entropy`` in PyTorch's default memory format. ``--step same``: one identical step for both, so that only
+the models differ: ``torch.optim.AdamW(..., foreach=True)``, ``F.cross_entropy``, the memory format of
+``--channels-last``. Both: lr 1e-4, weight decay 1e-2, ignore index 255, float32 logits, ``zero_grad(set_to_none=
+True)``, the same random batch, train mode; bf16 = ``torch.autocast("cpu", bfloat16)`` as Lightning's
+``bf16-mixed``. predec's models come from ``predec.create_model(arch, encoder=...)``, smp's from ``smp.FPN`` /
+``smp.Unet`` with ``encoder_weights=None`` and its defaults. Both run in this process, interleaved: round r times
+every model once, so drift of the machine's speed hits both alike; the median of ``--steps`` rounds after 3 warm-up
+rounds is reported with the ratio smp / predec
 (> 1: predec is faster). ``xnet`` (predec's ×Net, the encoder also as its decoder backbone) has no smp counterpart:
 its row gives its step time over predec's FPN instead. ``--profile ARCH`` prints the operators of predec's step by
 CPU time.
@@ -20,6 +26,7 @@ CPU time.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -46,25 +53,45 @@ def smp_model(arch: str, encoder: str) -> nn.Module:
     return build(encoder_name=encoder, encoder_weights=None, classes=CLASSES)
 
 
-def predec_model(arch: str, encoder: str) -> nn.Module:
-    decoder = {"decoder": encoder} if arch == "xnet" else {}
-    return predec.create_model(arch, encoder=encoder, task="segmentation", num_classes=CLASSES, **decoder)
+def predec_model(arch: str, encoder: str, xnet_reshape: str | None = None) -> nn.Module:
+    options = {}
+    if arch == "xnet":
+        options = {"decoder": encoder, **({"reshape": xnet_reshape} if xnet_reshape else {})}
+    return predec.create_model(arch, encoder=encoder, task="segmentation", num_classes=CLASSES, **options)
 
 
-def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bf16: bool) -> Callable[[], None]:
-    """The training step of ``model`` on this batch, as a closure."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2, foreach=True)
+def train_step(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bf16: bool, library: str, step: str
+) -> Callable[[], None]:
+    """One training step of ``model`` on this batch, as a closure (``step``: ``own`` or ``same``, see above)."""
+    if step == "own" and library == "predec":
+        from predec.config import OptimConfig
+        from predec.optim import build_optimizer
+        from predec.tasks.segmentation import cross_entropy_loss
+
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, OptimConfig(name="adamw", lr=1e-4, weight_decay=1e-2))
+        loss_fn = functools.partial(cross_entropy_loss, ignore_index=255)
+    else:
+        if step == "own":
+            model = model.to(memory_format=torch.contiguous_format)
+            images = images.contiguous()
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=1e-4, weight_decay=1e-2, **({"foreach": True} if step == "same" else {})
+        )
+        loss_fn = functools.partial(F.cross_entropy, ignore_index=255)
     model.train()
 
-    def step() -> None:
+    def run() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=255)
+        loss = loss_fn(logits.float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step
+    return run
 
 
 def main() -> None:
@@ -76,7 +103,9 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--xnet-reshape", default=None, help="×Net's Re-Shape mode (default: the library's)")
+    parser.add_argument("--step", default="own", choices=["own", "same"], help="each library's step, or one for both")
+    parser.add_argument("--channels-last", action="store_true", help="--step same: channels_last for both")
     parser.add_argument("--profile", default=None, choices=ARCHS)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -89,7 +118,9 @@ def main() -> None:
     images = images.contiguous(memory_format=memory_format)
     print(
         f"# {cpu_name()}, {args.threads} threads, bf16 units: {cpu_has_bf16()}, torch {torch.__version__}, "
-        f"batch {args.batch}, {args.size}², {'channels_last' if args.channels_last else 'NCHW'}, "
+        f"batch {args.batch}, {args.size}², step {args.step}"
+        + (f" ({'channels_last' if args.channels_last else 'NCHW'})" if args.step == "same" else "")
+        + ", "
         f"load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -101,8 +132,13 @@ def main() -> None:
                 if library == "smp" and arch not in SMP_ARCHS:
                     continue
                 torch.manual_seed(0)
-                model = build(arch, args.encoder).to(memory_format=memory_format)
-                steps[f"{library} {arch}"] = train_step(model, images, labels, precision == "bf16")
+                model = (
+                    predec_model(arch, args.encoder, args.xnet_reshape)
+                    if library == "predec"
+                    else build(arch, args.encoder)
+                )
+                model = model.to(memory_format=memory_format)
+                steps[f"{library} {arch}"] = train_step(model, images, labels, precision == "bf16", library, args.step)
         times: dict[str, list[float]] = {name: [] for name in steps}
         for round_index in range(args.steps + 3):
             for name, step in steps.items():

@@ -95,7 +95,8 @@ def test_every_variant_runs(reshape, mixing):
 def test_defaults():
     decoder = make_xnet()
     assert decoder.mixing == "mul" and decoder.mix_channels == 3
-    assert decoder.input_reshape.mode == "pixelshuffle" and decoder.input_reshape.scale == 32
+    assert decoder.reshape == "bilinear" and decoder.input_reshape.mode == "bilinear"
+    assert decoder.input_reshape.scale == 32
     assert decoder.pfp.out_channels == 4 * 24  # pfp_channels = the decoder's H/4 channels
     assert decoder.out_channels == 32 and decoder.out_reduction == 1
     assert decoder.default_level == "fused" and decoder.input_divisor == 32
@@ -186,3 +187,27 @@ def test_bad_options_and_inputs_are_reported():
     with pytest.raises(ValueError, match=r"\(64, 96\)"):
         decoder(encoder_features(), torch.randn(2, 3, H, W + 32))
     assert make_xnet(mix_channels=1).mixed_input(encoder_features()[-1], torch.ones(2, 3, H, W)).shape == (2, 3, H, W)
+
+
+def test_saved_models_record_their_reshape_and_older_ones_load_as_pixel_shuffle(tmp_path):
+    """``config.json`` records the Re-Shape; one written before it did (no key) is rebuilt with pixel shuffle."""
+    import json
+
+    import predec
+
+    options = {"encoder": "test_resnet", "decoder": "test_resnet", "task": "depth"}
+    bilinear = predec.create_model("xnet", **options)
+    bilinear.save_pretrained(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["reshape"] == "bilinear"
+    assert predec.from_pretrained(tmp_path / "new").decoder.reshape == "bilinear"
+
+    old = predec.create_model("xnet", reshape="pixelshuffle", **options)
+    old.save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["reshape"]  # as predec wrote it before the mode was recorded
+    config_file.write_text(json.dumps(config))
+    loaded = predec.from_pretrained(tmp_path / "old")
+    assert loaded.decoder.reshape == "pixelshuffle"
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), old.eval()(x))

@@ -66,8 +66,9 @@ class Stage:
 # --------------------------------------------------------------------------------------------------------------
 
 
-# ×Net's Re-Shapes in the demo: bilinear (one 1×1 conv shared by every output pixel) learns in 200 steps what
-# pixel shuffle (own weights per pixel of each 32×32 / 8×8 block) does not: measured in docs/demo.md.
+# ×Net's Re-Shapes in the demo, pinned (the library default since): bilinear (one 1×1 conv shared by every output
+# pixel) learns in 200 steps what pixel shuffle (own weights per pixel of each 32×32 / 8×8 block) does not:
+# measured in docs/demo.md.
 XNET_RESHAPE = "bilinear"
 
 

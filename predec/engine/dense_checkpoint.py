@@ -20,7 +20,8 @@ import torch
 from predec.config import ConfigError, DenseConfig, ModelConfig, from_dict, to_dict
 from predec.engine.checkpoint import read_checkpoint
 from predec.engine.dense import DenseModule, architecture_mismatch
-from predec.models.base import CONFIG_NAME, WEIGHTS_NAME
+from predec.models.base import CONFIG_NAME, WEIGHTS_NAME, saved_config
+from predec.models.decoders.xnet import LEGACY_RESHAPE
 from predec.models.weights import load_state, read_state_dict
 
 _MODEL_FIELDS = tuple(
@@ -50,6 +51,7 @@ class DenseCheckpoint:
 
 def _model_config_from_json(config: dict[str, Any]) -> dict[str, Any]:
     """``DenseModel.config`` (save_pretrained's config.json) → ``ModelConfig`` fields."""
+    config = saved_config(config)
     known = {k: config[k] for k in _MODEL_FIELDS if k in config}
     known["encoder_kwargs"] = dict(config.get("encoder_kwargs") or {})
     known["decoder_kwargs"] = {k: v for k, v in config.items() if k not in (*_MODEL_FIELDS, "encoder_kwargs")}
@@ -112,6 +114,11 @@ def load_state_checked(model: torch.nn.Module, checkpoint: DenseCheckpoint, desc
         f"\nThe model is the one of {description}; the checkpoint was written for another architecture: use the "
         "recipe it was trained with."
     )
+    if "decoder.input_reshape.proj.weight" in checkpoint.state_dict:
+        hint += (
+            " A ×Net trained before the default Re-Shape became 'bilinear' was built with "
+            f"model.decoder_kwargs.reshape={LEGACY_RESHAPE}: add that to its recipe."
+        )
     load_state(model, checkpoint.state_dict, part="model", origin=str(checkpoint.path), hint=hint)
 
 

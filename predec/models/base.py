@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from predec.models.decoders import DECODERS, build_decoder
 from predec.models.decoders.base import checks_enabled
+from predec.models.decoders.xnet import LEGACY_RESHAPE
 from predec.models.encoders import TimmBackbone, check_backbone_name
 from predec.models.heads import TASKS, build_head
 from predec.models.weights import HUB_PREFIX, WeightSpec, load_weights
@@ -122,6 +123,8 @@ class DenseModel(
                 "leave decoder=None, or use arch='xnet'."
             )
         self.decoder = build_decoder(arch, self.encoder.channels, self.encoder.reductions, **decoder_kwargs)
+        if arch == "xnet":  # record the resolved Re-Shape: a later default must not change what a saved model is
+            self._hub_mixin_config = {**(self._hub_mixin_config or {}), "reshape": self.decoder.reshape}
         self.head = build_head(
             task, self.decoder.out_channels, num_classes=num_classes, max_depth=max_depth, min_depth=min_depth
         )
@@ -233,7 +236,7 @@ class DenseModel(
         **model_kwargs: Any,
     ) -> DenseModel:
         """Rebuild from the config (random init, no weight resolution), then load ``model.safetensors`` strictly."""
-        model = cls(**model_kwargs)
+        model = cls(**saved_config(model_kwargs))
         if os.path.isdir(model_id):
             weights = Path(model_id) / WEIGHTS_NAME
             if not weights.is_file():
@@ -252,6 +255,14 @@ class DenseModel(
             )
         load_weights(model, str(weights), part="model", strict=strict)  # torn or foreign files: errors naming them
         return model.to(map_location)
+
+
+def saved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``DenseModel.config`` (``config.json``) as this version rebuilds it: a ×Net config written before
+    the Re-Shape mode was recorded gets the mode it was built with then (``LEGACY_RESHAPE``, ``"pixelshuffle"``)."""
+    if config.get("arch") == "xnet" and "reshape" not in config:
+        return {**config, "reshape": LEGACY_RESHAPE}
+    return dict(config)
 
 
 def create_model(
@@ -339,7 +350,7 @@ def from_pretrained(path_or_repo: str | os.PathLike, **kwargs: Any) -> DenseMode
                     f"{str(needed)!r} not found: a .safetensors model needs {CONFIG_NAME} beside it."
                 )
         config = json.loads(config_file.read_text(encoding="utf-8"))
-        model = DenseModel(**config)
+        model = DenseModel(**saved_config(config))
         load_weights(model, path, part="model")
         return model.eval()
     if path.exists():

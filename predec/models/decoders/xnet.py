@@ -23,6 +23,9 @@ from predec.models.decoders.base import Decoder, DecoderOutput, checks_enabled, 
 from predec.models.encoders import TimmBackbone
 
 RESHAPE_MODES = ("pixelshuffle", "bilinear", "deconv")
+DEFAULT_RESHAPE = "bilinear"
+LEGACY_RESHAPE = "pixelshuffle"
+"""The Re-Shape of ×Net models saved before the mode was recorded in their config (the default until then)."""
 MIXING_MODES = ("mul", "add", "concat")
 
 
@@ -198,8 +201,9 @@ class XNetDecoder(Decoder):
         in_reductions: encoder strides; the last is the first Re-Shape's upsampling factor.
         backbone: timm classification model name of the decoder (``self.backbone.model`` keeps timm's keys).
         in_chans: channels of the model input image.
-        reshape: Re-Shape mode of every Re-Shape, see ``ReShape`` (default ``"pixelshuffle"``: the name's
-            channel↔space rearrangement, cheapest at ×32, every output pixel has its own weights).
+        reshape: Re-Shape mode of every Re-Shape, see ``ReShape`` (default ``"bilinear"``: one 1×1 conv shared by
+            every output pixel; pixel shuffle gives each position of an r×r block its own weights, which learn from
+            1/r² of the pixels: ``docs/xnet.md`` has the measured difference).
         mixing: ``"mul"`` (default, the figure's ⊗), ``"add"`` or ``"concat"`` (the backbone gets
             ``in_chans + mix_channels`` inputs; 3-channel stem weights loaded later keep their filters on the
             image channels and get zero filters on the extra ones).
@@ -219,7 +223,7 @@ class XNetDecoder(Decoder):
         *,
         backbone: str,
         in_chans: int = 3,
-        reshape: str = "pixelshuffle",
+        reshape: str = DEFAULT_RESHAPE,
         mixing: str = "mul",
         mix_channels: int | None = None,
         pfp_channels: int | None = None,
@@ -238,6 +242,7 @@ class XNetDecoder(Decoder):
                 f"map, so mix_channels must be {in_chans} or 1, got {mix_channels}."
             )
         self.in_chans = int(in_chans)
+        self.reshape = reshape
         self.mixing = mixing
         self.mix_channels = mix_channels
         self.input_reshape = ReShape(self.in_channels[-1], mix_channels, self.in_reductions[-1], reshape)
