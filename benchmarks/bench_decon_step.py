@@ -4,8 +4,8 @@ Usage::
 
     python benchmarks/bench_decon_step.py [--precision bf16|fp32] [--steps 4] [--batch 8] [--size 224]
         [--prototypes 256] [--hidden 4096] [--alpha 0.5] [--skip-dropout 0.5] [--no-channels-last]
-        [--threads 2] [--count-flops] [--profile] [--no-pin-mmap-threshold] [--json FILE]
-        [--compare jemalloc,tcmalloc,mimalloc,glibc]
+        [--threads 2] [--count-flops] [--profile] [--no-caching-allocator] [--no-pin-mmap-threshold] [--json FILE]
+        [--compare glibc,tcmalloc,jemalloc,mimalloc,glibc-dynamic,glibc-thp]
 
 One step is exactly what ``predec pretrain`` runs per optimiser step with the ``decon_ml_coco_r50_fpn_800ep``
 settings (α 0.5, FPN skip channel dropout 0.5, K = 256, projectors 256 → 4096 → 4096 → 256 on C5 and on each of
@@ -13,12 +13,14 @@ P2..P5): teacher EMA update, teacher forward of both views (no grad), then per v
 five SlotCon heads and the backward of that view's part (``DeConModule.ssl_loss``), LARS step, scheduler step, on
 ``--batch`` random two-view batches of ``--size`` px with random overlap boxes and flips. Precision ``bf16`` is
 Lightning's ``bf16-mixed`` on CPU (``torch.autocast("cpu", bfloat16)``); the model and inputs are channels-last
-unless ``--no-channels-last``. The allocator is this process's (``python`` alone: glibc's malloc, whose mmap threshold
-is pinned to 1 MiB as ``predec pretrain`` does under glibc; ``--no-pin-mmap-threshold``: glibc's default, under which
-the resident memory creeps up). ``--compare A,B,...`` runs the benchmark once per allocator, each in a fresh process
-under ``LD_PRELOAD`` as ``predec`` itself starts (:mod:`predec.allocator`; ``glibc``: predec's fallback, pinned;
-``glibc-dynamic``: glibc untouched; ``glibc-thp``: pinned, its mappings on transparent huge pages), and prints one
-table with the speed-up over the first.
+unless ``--no-channels-last``. The allocator is the one the ``predec`` command starts with (the script re-executes
+itself under it, :mod:`predec.allocator`, ``PREDEC_ALLOCATOR``); ``--no-caching-allocator``: glibc's malloc with its
+mmap threshold pinned to 1 MiB, predec's fallback where no caching allocator is installed; with
+``--no-pin-mmap-threshold`` too: glibc's default, under which the resident memory creeps up. ``--compare A,B,...``
+runs the benchmark once per allocator, each in a fresh process under ``LD_PRELOAD`` as ``predec`` itself starts
+(``glibc``: predec's fallback, pinned; ``glibc-dynamic``: glibc untouched; ``glibc-thp``: pinned, its mappings on
+transparent huge pages), and prints one table with the speed-up over the first (the old/new ratio in one run:
+``--compare glibc,tcmalloc``).
 
 Reported per step: wall and process-CPU seconds (of which kernel: ``sys_s``, mostly page faults, counted in
 ``minor_faults``), the peak resident memory *during that step* (``VmHWM`` reset before each step through
@@ -43,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from predec.allocator import ALLOCATOR_ENV, active_allocator, preload_env, tune_glibc
+from predec.allocator import ALLOCATOR_ENV, active_allocator, preload_env, reexec_with_allocator, tune_glibc
 from predec.config import load_config
 from predec.engine.trainer import cpu_has_bf16
 from predec.pretrain.config import PretrainConfig
@@ -128,7 +130,15 @@ def main() -> None:
         action="store_false",
         help="keep glibc's dynamic mmap threshold (predec pretrain pins it to 1 MiB, see pin_mmap_threshold)",
     )
+    parser.add_argument(
+        "--no-caching-allocator",
+        dest="caching_allocator",
+        action="store_false",
+        help="run under glibc's malloc (pinned as predec's fallback) instead of the allocator predec starts with",
+    )
     args = parser.parse_args()
+    if args.caching_allocator and not args.compare:
+        reexec_with_allocator(sys.argv[1:], program=(__file__,))  # as the predec command starts (PREDEC_ALLOCATOR)
     if args.compare:
         compare(args.compare.split(","), [a for a in sys.argv[1:] if a not in ("--compare", args.compare)])
         return

@@ -123,15 +123,16 @@ def preload_env(environ: Mapping[str, str] = os.environ) -> dict[str, str] | Non
     return None
 
 
-def reexec_with_allocator(argv: Sequence[str]) -> None:
-    """Replace this process by ``python -m predec.cli ARGV`` under the chosen caching allocator (no return), if
-    :func:`preload_env` says so; otherwise return and let the command run here. Call it before torch is imported."""
+def reexec_with_allocator(argv: Sequence[str], program: Sequence[str] = ("-m", "predec.cli")) -> None:
+    """Replace this process by ``python PROGRAM ARGV`` (default: ``python -m predec.cli ARGV``) under the chosen
+    caching allocator (no return), if :func:`preload_env` says so; otherwise return and let it run here. Call it
+    before the process has done any work (a script: first thing in ``main``)."""
     env = preload_env()
     if env is None or active_allocator() != "glibc":
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "predec.cli", *argv], env)
+    os.execve(sys.executable, [sys.executable, *program, *argv], env)
 
 
 def tune_glibc(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
