@@ -66,9 +66,8 @@ class Stage:
 # --------------------------------------------------------------------------------------------------------------
 
 
-# ×Net's Re-Shapes in the demo, pinned (the library default since): bilinear (one 1×1 conv shared by every output
-# pixel) learns in 200 steps what pixel shuffle (own weights per pixel of each 32×32 / 8×8 block) does not:
-# measured in docs/demo.md.
+# ×Net's Re-Shapes, pinned (the library default since): bilinear learns in 200 steps what pixel shuffle (own
+# weights per pixel of each 32×32 / 8×8 block) does not, docs/demo.md.
 XNET_RESHAPE = "bilinear"
 
 
