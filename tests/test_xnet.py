@@ -211,3 +211,18 @@ def test_saved_models_record_their_reshape_and_older_ones_load_as_pixel_shuffle(
     assert loaded.decoder.reshape == "pixelshuffle"
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(loaded(x), old.eval()(x))
+
+
+def test_a_saved_xnet_fits_its_recipe_without_a_reshape_key_and_another_reshape_does_not(tmp_path):
+    """The recorded default Re-Shape equals a recipe that leaves it out; a pixel-shuffle model is another one."""
+    import predec
+    from predec.config import DenseConfig, ModelConfig
+    from predec.engine.dense_checkpoint import check_checkpoint_architecture, load_dense_checkpoint
+
+    options = {"encoder": "test_resnet", "decoder": "test_resnet", "task": "depth"}
+    recipe = DenseConfig(model=ModelConfig(arch="xnet", **options))
+    predec.create_model("xnet", **options).save_pretrained(tmp_path / "default")
+    check_checkpoint_architecture(load_dense_checkpoint(tmp_path / "default"), recipe)
+    predec.create_model("xnet", reshape="pixelshuffle", **options).save_pretrained(tmp_path / "shuffle")
+    with pytest.raises(ValueError, match="decoder_kwargs"):
+        check_checkpoint_architecture(load_dense_checkpoint(tmp_path / "shuffle"), recipe)
