@@ -226,3 +226,40 @@ def test_a_saved_xnet_fits_its_recipe_without_a_reshape_key_and_another_reshape_
     predec.create_model("xnet", reshape="pixelshuffle", **options).save_pretrained(tmp_path / "shuffle")
     with pytest.raises(ValueError, match="decoder_kwargs"):
         check_checkpoint_architecture(load_dense_checkpoint(tmp_path / "shuffle"), recipe)
+
+
+def test_a_pixel_shuffle_checkpoint_loaded_into_the_default_xnet_says_which_reshape_it_needs(tmp_path):
+    import predec
+    from predec.engine.dense_checkpoint import DenseCheckpoint, load_state_checked
+
+    options = {"encoder": "test_resnet", "decoder": "test_resnet", "task": "depth"}
+    old = predec.create_model("xnet", reshape="pixelshuffle", **options)
+    checkpoint = DenseCheckpoint(path=tmp_path / "last.ckpt", state_dict=old.state_dict())
+    with pytest.raises(ValueError, match=r"model\.decoder_kwargs\.reshape=pixelshuffle") as error:
+        load_state_checked(predec.create_model("xnet", **options), checkpoint, "the recipe")
+    assert str(tmp_path / "last.ckpt") in str(error.value)
+    load_state_checked(predec.create_model("xnet", reshape="pixelshuffle", **options), checkpoint, "the recipe")
+
+
+def test_resuming_a_pixel_shuffle_run_written_before_the_default_changed_is_exit_2_naming_the_fix(tmp_path, capsys):
+    """A ×Net run whose recipe left ``reshape`` out when pixel shuffle was the default: its checkpoint no longer
+    fits the recipe, and ``predec train --resume`` says so (exit 2, the fix named) instead of Lightning's traceback."""
+    from predec.cli import main
+
+    run = tmp_path / "old"
+    overrides = ["model.encoder=test_resnet", "model.decoder=test_resnet", "data.num_train=4", "data.num_val=2"]
+    overrides += ["data.image_size=[64, 64]", "data.crop_size=[64, 64]", "data.batch_size=2", "trainer.max_steps=1"]
+    overrides += ["trainer.progress_bar=false", "trainer.precision=32-true", "schedule.warmup_steps=0"]
+    train = ["train", "--config", "dense/synth_seg_xnet"]
+    assert main([*train, "--run-dir", str(run), *overrides, "model.decoder_kwargs={reshape: pixelshuffle}"]) == 0
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    raw = torch.load(checkpoint, weights_only=False)
+    del raw["hyper_parameters"]["config"]["model"]["decoder_kwargs"]["reshape"]  # as written before it was recorded
+    old = tmp_path / "before.ckpt"
+    torch.save(raw, old)
+    capsys.readouterr()
+    resumed = ["--run-dir", str(tmp_path / "resumed"), "--resume", str(old)]
+    assert main([*train, *resumed, *overrides, "trainer.max_steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"predec train: error: Weights '{old}' do not fit") and "Traceback" not in err, err
+    assert "model.decoder_kwargs.reshape=pixelshuffle" in err, err

@@ -19,7 +19,7 @@ from torch import Tensor
 from predec.config import DenseConfig, ModelConfig, from_dict, to_dict
 from predec.engine.guards import check_finite_loss
 from predec.engine.trainer import step_optimizers
-from predec.models.decoders.xnet import DEFAULT_RESHAPE
+from predec.models.base import recorded_options
 
 MODEL_IDENTITY_KEYS: tuple[str, ...] = (
     "arch",
@@ -50,8 +50,8 @@ def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -
         value = config.get(key) or None  # None, {} and 0-less defaults compare equal
         if key in ("encoder", "decoder") and isinstance(value, str):
             return value.split(".", 1)[0]  # a pretrained tag does not change the architecture
-        if key == "decoder_kwargs" and config.get("arch") == "xnet":  # saved ×Net configs record the default
-            return {"reshape": DEFAULT_RESHAPE, **(value or {})}
+        if key == "decoder_kwargs":
+            return recorded_options(config.get("arch"), value) or None  # saved configs record shape defaults
         return value
 
     return [

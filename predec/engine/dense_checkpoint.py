@@ -114,10 +114,13 @@ def load_state_checked(model: torch.nn.Module, checkpoint: DenseCheckpoint, desc
         f"\nThe model is the one of {description}; the checkpoint was written for another architecture: use the "
         "recipe it was trained with."
     )
-    if "decoder.input_reshape.proj.weight" in checkpoint.state_dict:
+    key = "decoder.input_reshape.proj.weight"  # its shape tells the ×Net Re-Shape modes apart
+    saved, built = checkpoint.state_dict.get(key), model.state_dict().get(key)
+    if saved is not None and built is not None and saved.shape != built.shape:
         hint += (
-            " A ×Net trained before the default Re-Shape became 'bilinear' was built with "
-            f"model.decoder_kwargs.reshape={LEGACY_RESHAPE}: add that to its recipe."
+            f" Its ×Net Re-Shapes differ ({key} {tuple(saved.shape)} in the checkpoint, {tuple(built.shape)} in the "
+            f"model): a ×Net trained before the default became 'bilinear' needs "
+            f"model.decoder_kwargs.reshape={LEGACY_RESHAPE} in its recipe."
         )
     load_state(model, checkpoint.state_dict, part="model", origin=str(checkpoint.path), hint=hint)
 

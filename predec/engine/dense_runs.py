@@ -62,11 +62,16 @@ def train_dense(
     check_schedule(config.schedule, config.trainer.max_steps)
     trainer_cfg = config.trainer
 
+    checked: dict[Path, DenseCheckpoint] = {}
+
     def check_checkpoint(path: Path) -> None:
-        check_checkpoint_architecture(load_dense_checkpoint(path), config)
+        checked[path] = load_dense_checkpoint(path)
+        check_checkpoint_architecture(checked[path], config)
 
     def build(checkpoint: Path | None) -> tuple[DenseModule, DenseDataModule]:
         module = DenseModule(config, build_weights=checkpoint is None)
+        if checkpoint in checked:  # tensors that do not fit are named here, not in Lightning's restore
+            load_state_checked(module.model, checked.pop(checkpoint), "this recipe")
         data = DenseDataModule(
             config.data, config.model.task, config.seed, trainer_cfg.max_steps, trainer_cfg.accumulate_grad_batches
         )

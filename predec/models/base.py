@@ -10,7 +10,7 @@ import difflib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from predec.models.decoders import DECODERS, build_decoder
 from predec.models.decoders.base import checks_enabled
-from predec.models.decoders.xnet import LEGACY_RESHAPE
+from predec.models.decoders.xnet import DEFAULT_RESHAPE, LEGACY_RESHAPE
 from predec.models.encoders import TimmBackbone, check_backbone_name
 from predec.models.heads import TASKS, build_head
 from predec.models.weights import HUB_PREFIX, WeightSpec, load_weights
@@ -106,6 +106,7 @@ class DenseModel(
         self.arch = arch
         self.task = task
         self.in_chans = int(in_chans)
+        self._hub_mixin_config = {**(self._hub_mixin_config or {}), **recorded_options(arch, decoder_kwargs)}
         self.encoder = TimmBackbone(encoder, in_chans=in_chans, **(encoder_kwargs or {}))
         if arch == "xnet":
             if decoder is None:
@@ -123,8 +124,6 @@ class DenseModel(
                 "leave decoder=None, or use arch='xnet'."
             )
         self.decoder = build_decoder(arch, self.encoder.channels, self.encoder.reductions, **decoder_kwargs)
-        if arch == "xnet":  # record the resolved Re-Shape: a later default must not change what a saved model is
-            self._hub_mixin_config = {**(self._hub_mixin_config or {}), "reshape": self.decoder.reshape}
         self.head = build_head(
             task, self.decoder.out_channels, num_classes=num_classes, max_depth=max_depth, min_depth=min_depth
         )
@@ -255,6 +254,16 @@ class DenseModel(
             )
         load_weights(model, str(weights), part="model", strict=strict)  # torn or foreign files: errors naming them
         return model.to(map_location)
+
+
+def recorded_options(arch: str | None, decoder_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The decoder options a saved model records: ``decoder_kwargs`` with the defaults that define its shapes
+    filled in (×Net's ``reshape``), so that a later default cannot change what a saved model is. Configs that differ
+    only by such a default compare equal through it."""
+    options = dict(decoder_kwargs or {})
+    if arch == "xnet":
+        options.setdefault("reshape", DEFAULT_RESHAPE)
+    return options
 
 
 def saved_config(config: dict[str, Any]) -> dict[str, Any]:
