@@ -15,8 +15,8 @@ five SlotCon heads and the backward of that view's part (``DeConModule.ssl_loss`
 Lightning's ``bf16-mixed`` on CPU (``torch.autocast("cpu", bfloat16)``); the model and inputs are channels-last
 unless ``--no-channels-last``. The allocator is the one the ``predec`` command starts with (the script re-executes
 itself under it, :mod:`predec.allocator`, ``PREDEC_ALLOCATOR``); ``--no-caching-allocator``: glibc's malloc with its
-mmap threshold pinned to 1 MiB, predec's fallback where no caching allocator is installed; with
-``--no-pin-mmap-threshold`` too: glibc's default, under which the resident memory creeps up. ``--compare A,B,...``
+mmap threshold pinned to 1 MiB, predec's fallback where no caching allocator is installed;
+``--no-pin-mmap-threshold``: glibc's default, under which the resident memory creeps up. ``--compare A,B,...``
 runs the benchmark once per allocator, each in a fresh process under ``LD_PRELOAD`` as ``predec`` itself starts
 (``glibc``: predec's fallback, pinned; ``glibc-dynamic``: glibc untouched; ``glibc-thp``: pinned, its mappings on
 transparent huge pages), and prints one table with the speed-up over the first (the old/new ratio in one run:
@@ -46,34 +46,11 @@ from pathlib import Path
 import torch
 
 from predec.allocator import ALLOCATOR_ENV, active_allocator, preload_env, reexec_with_allocator, tune_glibc
+from predec.bench.hardware import MemoryProbe, cpu_flags, resident_mb
 from predec.config import load_config
 from predec.engine.trainer import cpu_has_bf16
 from predec.pretrain.config import PretrainConfig
 from predec.pretrain.decon import DeConModule
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where the kernel refuses."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return [flag for flag in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if flag in flags.split()]
 
 
 def _random_batch(batch: int, size: int, generator: torch.Generator, channels_last: bool) -> dict[str, torch.Tensor]:
@@ -128,7 +105,7 @@ def main() -> None:
         "--no-pin-mmap-threshold",
         dest="pin_mmap_threshold",
         action="store_false",
-        help="keep glibc's dynamic mmap threshold (predec pretrain pins it to 1 MiB, see pin_mmap_threshold)",
+        help="glibc with its dynamic mmap threshold (implies --no-caching-allocator; predec pins it, tune_glibc)",
     )
     parser.add_argument(
         "--no-caching-allocator",
@@ -137,7 +114,7 @@ def main() -> None:
         help="run under glibc's malloc (pinned as predec's fallback) instead of the allocator predec starts with",
     )
     args = parser.parse_args()
-    if args.caching_allocator and not args.compare:
+    if args.caching_allocator and args.pin_mmap_threshold and not args.compare:
         reexec_with_allocator(sys.argv[1:], program=(__file__,))  # as the predec command starts (PREDEC_ALLOCATOR)
     if args.compare:
         compare(args.compare.split(","), [a for a in sys.argv[1:] if a not in ("--compare", args.compare)])
@@ -166,8 +143,9 @@ def main() -> None:
 
     records = []
     flops = None
+    memory = MemoryProbe(torch.device("cpu"))  # VmHWM reset before each step
     for index in range(total):
-        can_reset = _reset_peak_rss()
+        memory.start()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         wall, cpu = time.perf_counter(), time.process_time()
         if index == 0 and args.count_flops:
@@ -180,15 +158,14 @@ def main() -> None:
             loss, _ = step(index)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         after = resource.getrusage(resource.RUSAGE_SELF)
-        peak = _status_kib("VmHWM") if can_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         record = {
             "step": index,
             "wall_s": round(wall, 2),
             "cpu_s": round(cpu, 2),
             "sys_s": round(after.ru_stime - usage.ru_stime, 2),
             "minor_faults": after.ru_minflt - usage.ru_minflt,
-            "peak_rss_gib": round(peak / 2**20, 3),
-            "rss_after_gib": round(_status_kib("VmRSS") / 2**20, 3),
+            "peak_rss_gib": round((memory.peak_mb() or 0.0) / 1024, 3),
+            "rss_after_gib": round((resident_mb() or 0.0) / 1024, 3),
             "loss": round(loss, 4),
             "warmup": index == 0,
         }
@@ -229,7 +206,7 @@ def main() -> None:
         "load_1min_before": round(load_before, 2),
         "load_1min_after": round(os.getloadavg()[0], 2),
         "cpu": platform.processor() or platform.machine(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_flags": sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
         "cpu_has_bf16": cpu_has_bf16(),
         "torch": torch.__version__,
         "steps": records,

@@ -102,6 +102,12 @@ def _proc_status_kb(key: str) -> int | None:
     return None
 
 
+def resident_mb() -> float | None:
+    """This process's resident memory now (MiB, ``VmRSS``); None where ``/proc`` has no such field."""
+    rss = _proc_status_kb("VmRSS")
+    return None if rss is None else rss / 1024
+
+
 class MemoryProbe:
     """Peak memory over a span: CUDA allocator stats, or the Linux RSS high-water mark reset via clear_refs."""
 
@@ -122,9 +128,8 @@ class MemoryProbe:
             self.method = "peak RSS (VmHWM) of the measured span"
         except OSError:
             self.method = "peak RSS (VmHWM) of the whole process (no clear_refs)"
-        rss = _proc_status_kb("VmRSS")
-        self.setup_mb = None if rss is None else rss / 1024
-        if rss is None:
+        self.setup_mb = resident_mb()
+        if self.setup_mb is None:
             self.method = "peak RSS (getrusage) of the whole process"
 
     def peak_mb(self) -> float | None:
