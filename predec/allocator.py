@@ -50,7 +50,8 @@ SYSTEM_LIBRARY_DIRS: tuple[str, ...] = (
 MMAP_THRESHOLD_BYTES = 1 << 20
 ALLOCATOR_SETTINGS: dict[str, dict[str, str]] = {
     # Keep freed pages for reuse instead of returning them to the OS after a few seconds (a training step is longer
-    # than the default decay, so every step would fault its pages in again); as PyTorch's CPU tuning guide sets it.
+    # than the default decay, so every step would fault its pages in again). PyTorch's CPU performance guide sets
+    # the same jemalloc options, with decay times of months instead of -1 (never).
     "jemalloc": {
         "MALLOC_CONF": "oversize_threshold:1,background_thread:true,metadata_thp:auto,"
         "dirty_decay_ms:-1,muzzy_decay_ms:-1"
