@@ -8,6 +8,7 @@ DeCon-ML pre-training step spends most of its time and memory.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +56,7 @@ def _spans(rows: int, width: int) -> list[tuple[int, int]]:
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of BatchNorm statistics and per-chunk normalisation: fp32, or fp64 for fp64 inputs."""
+    """Dtype of BatchNorm statistics and of the per-chunk normalisation arithmetic: fp32, or fp64 for fp64 inputs."""
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -70,9 +71,11 @@ def _momentum(norm: nn.BatchNorm1d) -> float:
 class _Workspace:
     """Chunk-sized buffers reused by every chunk of one forward or backward call.
 
-    Allocating the per-chunk temporaries once per call instead of once per chunk avoids the page faults of fresh
-    allocations (under :func:`predec.allocator.tune_glibc` every allocation of 1 MiB or more is a
-    fresh ``mmap``).
+    Every per-chunk temporary lives in one of these, and every element-wise operation on a chunk either runs in one
+    dtype or is one of BatchNorm's kernels, which read bf16 and compute in fp32 themselves: an element-wise operation
+    that mixes dtypes makes PyTorch allocate a converted copy of its input, i.e. a fresh chunk-sized allocation
+    (under :func:`predec.allocator.tune_glibc` a fresh ``mmap`` and thousands of page faults) and slow
+    mixed-dtype arithmetic.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -86,6 +89,45 @@ class _Workspace:
             buffer = self._buffers[name] = torch.empty(rows, cols, dtype=dtype, device=self.device)
         return buffer[:rows]
 
+    def converted(self, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``tensor`` in ``dtype``: ``tensor`` itself when it has that dtype, else its copy in the buffer ``name``."""
+        if tensor.dtype == dtype:
+            return tensor
+        return self.get(name, *tensor.shape, dtype).copy_(tensor)
+
+
+class _Norm(NamedTuple):
+    """A BatchNorm layer of the projector with the statistics of the current batch (:func:`_stat_dtype`)."""
+
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    mean: torch.Tensor
+    var: torch.Tensor  # biased batch variance
+    eps: float
+
+    @property
+    def invstd(self) -> torch.Tensor:
+        """``1 / sqrt(var + eps)``."""
+        return torch.rsqrt(self.var + self.eps)
+
+
+def _chunk_mean_var(work: _Workspace, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column mean and biased variance of ``chunk`` (N, C), in :func:`_stat_dtype`.
+
+    BatchNorm's training kernel computes them (two passes; fp32 arithmetic on a bf16 chunk without a converted copy),
+    several times faster on a CPU than ``torch.var_mean`` over the rows; its normalised output goes to a scratch
+    buffer. With ``eps = 0`` it returns ``1 / sqrt(var)``, inverted here; for a constant column (one row, say) it
+    returns 0 instead of ``inf``.
+    """
+    dtype = _stat_dtype(chunk.dtype)
+    ones = torch.ones(chunk.shape[1], dtype=dtype, device=chunk.device)  # a weight in that dtype: fp32 statistics
+    mean, invstd = torch.empty_like(ones), torch.empty_like(ones)
+    torch.ops.aten.native_batch_norm.out(
+        chunk, ones, None, None, None, True, 0.0, 0.0,
+        out=work.get("scratch", *chunk.shape, chunk.dtype), save_mean=mean, save_invstd=invstd,
+    )  # fmt: skip
+    return mean, torch.where(invstd > 0, invstd.pow(-2), 0.0)
+
 
 def _batch_norm_stats(
     chunks: Iterable[torch.Tensor],
@@ -93,20 +135,16 @@ def _batch_norm_stats(
     running_mean: torch.Tensor,
     running_var: torch.Tensor,
     momentum: float,
-    eps: float,
     work: _Workspace,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch mean and ``1 / sqrt(var + eps)`` of the rows of ``chunks`` (fp32, fp64 for fp64 inputs); updates the
-    running statistics as ``nn.BatchNorm1d`` (unbiased running variance).
+    """Batch mean and biased variance of the rows of ``chunks`` (fp32, fp64 for fp64 inputs); updates the running
+    statistics as ``nn.BatchNorm1d`` (unbiased running variance).
 
     Chunks are merged with Chan et al.'s pairwise formula, so one chunk is the largest temporary.
     """
     count, mean, m2 = 0, None, None
     for chunk in chunks:
-        dtype = _stat_dtype(chunk.dtype)
-        if chunk.dtype != dtype:
-            chunk = work.get("stat", *chunk.shape, dtype).copy_(chunk)
-        var_part, mean_part = torch.var_mean(chunk, dim=0, correction=0)
+        mean_part, var_part = _chunk_mean_var(work, chunk)
         size = chunk.shape[0]
         if mean is None:
             mean, m2 = mean_part, var_part * size
@@ -119,7 +157,7 @@ def _batch_norm_stats(
     var = m2 / rows
     running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
     running_var.mul_(1.0 - momentum).add_((var * (rows / (rows - 1))).to(running_var.dtype), alpha=momentum)
-    return mean, torch.rsqrt(var + eps)
+    return mean, var
 
 
 def _mm(work: _Workspace, name: str, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -127,12 +165,14 @@ def _mm(work: _Workspace, name: str, left: torch.Tensor, right: torch.Tensor) ->
     return torch.mm(left, right, out=work.get(name, left.shape[0], right.shape[1], left.dtype))
 
 
-def _normalise(work: _Workspace, part: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``batch_norm(part) = part·scale + shift`` computed in fp32 (or fp64), returned in ``part``'s dtype."""
-    normed = torch.addcmul(shift, part, scale, out=work.get("normed", *part.shape, scale.dtype))
-    if normed.dtype == part.dtype:
-        return normed
-    return work.get("normed_low", *part.shape, part.dtype).copy_(normed)
+def _normalise(work: _Workspace, part: torch.Tensor, norm: _Norm) -> torch.Tensor:
+    """``batch_norm(part)`` with the batch's statistics, in ``part``'s dtype (computed in fp32 for bf16, rounded
+    once, as the native mixed-precision kernel)."""
+    empty = norm.mean.new_empty(0)
+    return torch.ops.aten.native_batch_norm.out(
+        part, norm.gamma, norm.beta, norm.mean, norm.var, False, 0.0, norm.eps,
+        out=work.get("normed", *part.shape, part.dtype), save_mean=empty, save_invstd=empty,
+    )[0]  # fmt: skip
 
 
 def _gelu(work: _Workspace, normed: torch.Tensor) -> torch.Tensor:
@@ -146,31 +186,39 @@ def _gelu_grad(work: _Workspace, grad_out: torch.Tensor, weight: torch.Tensor, n
     return torch.ops.aten.gelu_backward.grad_input(grad, normed, grad_input=grad)
 
 
-def _xhat(work: _Workspace, part: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
-    """The normalised ``part`` before the affine parameters, in ``mean``'s dtype."""
-    return torch.sub(part, mean, out=work.get("xhat", *part.shape, mean.dtype)).mul_(invstd)
-
-
 def _add_matmul(work: _Workspace, total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
     """``total += left @ right``, the product in the operands' dtype and accumulated in ``total``'s."""
     if total.dtype == left.dtype:
         total.addmm_(left, right)
     else:
-        total += _mm(work, "weight_grad", left, right)
+        total += work.converted("weight_grad_total", _mm(work, "weight_grad", left, right), total.dtype)
 
 
-def _add_sums(sums: torch.Tensor, dy: torch.Tensor, xhat: torch.Tensor) -> None:
-    """``sums[0] += Σ_rows dy``, ``sums[1] += Σ_rows dy·x̂`` (BatchNorm backward's reductions; ``xhat`` is reused)."""
-    sums[0] += dy.sum(0, dtype=sums.dtype)
-    sums[1] += xhat.mul_(dy).sum(0)
+def _add_sums(sums: torch.Tensor, dy: torch.Tensor, part: torch.Tensor, norm: _Norm, invstd: torch.Tensor) -> None:
+    """BatchNorm backward's reductions of one chunk: ``sums[0] += Σ_rows dy``, ``sums[1] += Σ_rows dy·x̂``
+    (BatchNorm's backward kernel, fp32 arithmetic for bf16 chunks)."""
+    _, dot, total = torch.ops.aten.native_batch_norm_backward(
+        dy, part, norm.gamma, None, None, norm.mean, invstd, True, norm.eps, [False, True, True]
+    )
+    sums[0] += total
+    sums[1] += dot
 
 
 def _norm_input_grad(
-    work: _Workspace, dy: torch.Tensor, xhat: torch.Tensor, sums: torch.Tensor, rows: int, gain: torch.Tensor
-) -> torch.Tensor:
-    """BatchNorm's input gradient ``γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))`` of one chunk (``xhat`` is reused)."""
-    grad = torch.sub(dy, sums[0] / rows, out=work.get("grad_normed", *dy.shape, sums.dtype))
-    return grad.sub_(xhat.mul_(sums[1] / rows)).mul_(gain)
+    work: _Workspace, dy: torch.Tensor, part: torch.Tensor, norm: _Norm, invstd: torch.Tensor, sums: torch.Tensor,
+    rows: int,
+) -> torch.Tensor:  # fmt: skip
+    """BatchNorm's input gradient ``γ·invstd·(dy − Σdy/N − x̂·Σ(dy·x̂)/N)`` of one chunk, in :func:`_stat_dtype`.
+
+    Written as ``a·dy + b·x + d`` with per-column ``a = γ·invstd``, ``b = −a·invstd·Σ(dy·x̂)/N`` and
+    ``d = −a·Σdy/N − b·mean``: two fused multiply-adds on the chunk.
+    """
+    dtype = sums.dtype
+    gain = norm.gamma.to(dtype) * invstd
+    slope = -gain * invstd * (sums[1] / rows)
+    offset = -gain * (sums[0] / rows) - slope * norm.mean
+    grad = torch.addcmul(offset, work.converted("part", part, dtype), slope, out=work.get("grad", *part.shape, dtype))
+    return torch.addcmul(grad, work.converted("dy", dy, dtype), gain, out=grad)
 
 
 def _projector_forward(
@@ -181,7 +229,7 @@ def _projector_forward(
     norm2: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, float],
     w3: torch.Tensor,
     b3: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+) -> tuple[torch.Tensor, torch.Tensor, tuple[_Norm, _Norm]]:
     """``linear3(gelu(bn2(linear2(gelu(bn1(linear1(x)))))))`` in training mode, row chunk by row chunk.
 
     ``h1 = x @ w1ᵀ`` is never materialised: each chunk is computed where needed (with ``C`` = 256 input channels a
@@ -193,30 +241,26 @@ def _projector_forward(
         norm1, norm2: ``(gamma, beta, running_mean, running_var, momentum, eps)``; running statistics updated.
 
     Returns:
-        The output (N, out), ``h2`` (N, hidden) and the batch statistics ``(mean1, invstd1, mean2, invstd2)``.
+        The output (N, out), ``h2`` (N, hidden) and both BatchNorms with the batch's statistics.
     """
     rows = x.shape[0]
     if rows < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     spans, work = _spans(rows, w2.shape[0]), _Workspace(x.device)
     w1t, w2t, w3t, b3 = w1.to(x.dtype).t(), w2.to(x.dtype).t(), w3.to(x.dtype).t(), b3.to(x.dtype)
-    gamma1, beta1, *running1 = norm1
-    gamma2, beta2, *running2 = norm2
+    gamma1, beta1, *running1, eps1 = norm1
+    gamma2, beta2, *running2, eps2 = norm2
     h1_chunks = (_mm(work, "h1", x[a:b], w1t) for a, b in spans)
-    mean1, invstd1 = _batch_norm_stats(h1_chunks, rows, *running1, work)
-    scale1 = invstd1 * gamma1.to(invstd1.dtype)
-    shift1 = beta1.to(mean1.dtype) - mean1 * scale1
+    bn1 = _Norm(gamma1, beta1, *_batch_norm_stats(h1_chunks, rows, *running1, work), eps1)
     h2 = x.new_empty(rows, w2.shape[0])
     for a, b in spans:
-        activated = _gelu(work, _normalise(work, _mm(work, "h1", x[a:b], w1t), scale1, shift1))
+        activated = _gelu(work, _normalise(work, _mm(work, "h1", x[a:b], w1t), bn1))
         torch.mm(activated, w2t, out=h2[a:b])
-    mean2, invstd2 = _batch_norm_stats((h2[a:b] for a, b in spans), rows, *running2, work)
-    scale2 = invstd2 * gamma2.to(invstd2.dtype)
-    shift2 = beta2.to(mean2.dtype) - mean2 * scale2
+    bn2 = _Norm(gamma2, beta2, *_batch_norm_stats((h2[a:b] for a, b in spans), rows, *running2, work), eps2)
     out = x.new_empty(rows, w3.shape[0])
     for a, b in spans:
-        torch.addmm(b3, _gelu(work, _normalise(work, h2[a:b], scale2, shift2)), w3t, out=out[a:b])
-    return out, h2, (mean1, invstd1, mean2, invstd2)
+        torch.addmm(b3, _gelu(work, _normalise(work, h2[a:b], bn2)), w3t, out=out[a:b])
+    return out, h2, (bn1, bn2)
 
 
 class _ProjectorFunction(torch.autograd.Function):
@@ -226,10 +270,10 @@ class _ProjectorFunction(torch.autograd.Function):
     tensor as large as a hidden activation, in forward and in backward, where it is overwritten by the gradient
     with respect to ``h2`` and then by the one with respect to ``bn1``'s output (so the graph can be
     back-propagated once: ``retain_graph`` is refused). ``h1``, the normalised and activated tensors are
-    recomputed per chunk, in chunk-sized buffers reused from chunk to chunk. Computation happens in the dtype of
-    the rows (bf16 under autocast, as the surrounding matmuls); BatchNorm statistics, normalisation and affine
-    parameters in fp32 (as the native mixed-precision kernels); the running statistics are updated as
-    ``nn.BatchNorm1d`` does.
+    recomputed per chunk, in chunk-sized buffers reused from chunk to chunk. Matrix products and GELU run in the
+    dtype of the rows (bf16 under autocast, as the surrounding matmuls); BatchNorm statistics, normalisation and
+    gradients in fp32 by BatchNorm's own mixed-precision kernels (as under autocast) and fp32 arithmetic; the
+    running statistics are updated as ``nn.BatchNorm1d`` does.
     """
 
     @staticmethod
@@ -237,8 +281,9 @@ class _ProjectorFunction(torch.autograd.Function):
                 eps2, w3, b3):  # fmt: skip
         norm1 = (gamma1, beta1, mean1, var1, momentum1, eps1)
         norm2 = (gamma2, beta2, mean2, var2, momentum2, eps2)
-        out, h2, stats = _projector_forward(x, w1, norm1, w2, norm2, w3, b3)
-        ctx.save_for_backward(x, h2, w1, w2, w3, gamma1, beta1, gamma2, beta2, *stats)
+        out, h2, (bn1, bn2) = _projector_forward(x, w1, norm1, w2, norm2, w3, b3)
+        ctx.save_for_backward(x, h2, w1, w2, w3, gamma1, beta1, gamma2, beta2, bn1.mean, bn1.var, bn2.mean, bn2.var)
+        ctx.eps = (eps1, eps2)
         ctx.consumed = False
         return out
 
@@ -250,45 +295,42 @@ class _ProjectorFunction(torch.autograd.Function):
                 "back-propagated twice (retain_graph); build it with save_memory=False for that."
             )
         ctx.consumed = True
-        x, h2, w1, w2, w3, gamma1, beta1, gamma2, beta2, mean1, invstd1, mean2, invstd2 = ctx.saved_tensors
+        x, h2, w1, w2, w3, gamma1, beta1, gamma2, beta2, mean1, var1, mean2, var2 = ctx.saved_tensors
+        bn1, bn2 = _Norm(gamma1, beta1, mean1, var1, ctx.eps[0]), _Norm(gamma2, beta2, mean2, var2, ctx.eps[1])
+        invstd1, invstd2 = bn1.invstd, bn2.invstd
         rows, dtype = x.shape[0], x.dtype
         spans, work = _spans(rows, h2.shape[1]), _Workspace(x.device)
         grad_out = grad_out.to(dtype)
         w1h, w2h, w3h = w1.to(dtype), w2.to(dtype), w3.to(dtype)
         w1t = w1h.t()
-        gain1, gain2 = invstd1 * gamma1.to(invstd1.dtype), invstd2 * gamma2.to(invstd2.dtype)
-        shift1, shift2 = beta1.to(mean1.dtype) - mean1 * gain1, beta2.to(mean2.dtype) - mean2 * gain2
         sums1 = torch.zeros(2, h2.shape[1], dtype=mean1.dtype, device=x.device)  # Σ dy, Σ dy·x̂ of bn1
         sums2 = torch.zeros_like(sums1)  # of bn2
         grad_w1, grad_w2, grad_w3 = torch.zeros_like(w1), torch.zeros_like(w2), torch.zeros_like(w3)
         grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
         # linear3 and bn2, pass 1: grad_w3 and bn2's sums (dy2 = d loss / d bn2(h2), not stored)
         for a, b in spans:
-            normed = _normalise(work, h2[a:b], gain2, shift2)
+            normed = _normalise(work, h2[a:b], bn2)
             _add_matmul(work, grad_w3, grad_out[a:b].t(), _gelu(work, normed))
             dy = _gelu_grad(work, grad_out[a:b], w3h, normed)
-            _add_sums(sums2, dy, _xhat(work, h2[a:b], mean2, invstd2))
+            _add_sums(sums2, dy, h2[a:b], bn2, invstd2)
         # bn2, pass 2: dy2 recomputed (a 256-wide product), d loss / d h2 written over h2
         for a, b in spans:
-            dy = _gelu_grad(work, grad_out[a:b], w3h, _normalise(work, h2[a:b], gain2, shift2))
-            xhat = _xhat(work, h2[a:b], mean2, invstd2)
-            h2[a:b] = _norm_input_grad(work, dy, xhat, sums2, rows, gain2)
+            dy = _gelu_grad(work, grad_out[a:b], w3h, _normalise(work, h2[a:b], bn2))
+            h2[a:b] = _norm_input_grad(work, dy, h2[a:b], bn2, invstd2, sums2, rows)
         grad_h2 = h2
         # linear2 and bn1, pass 1: grad_w2 and bn1's sums; dy1 written over grad_h2 (its chunk is used up)
         for a, b in spans:
             h1 = _mm(work, "h1", x[a:b], w1t)
-            normed = _normalise(work, h1, gain1, shift1)
+            normed = _normalise(work, h1, bn1)
             _add_matmul(work, grad_w2, grad_h2[a:b].t(), _gelu(work, normed))
             dy = _gelu_grad(work, grad_h2[a:b], w2h, normed)
-            _add_sums(sums1, dy, _xhat(work, h1, mean1, invstd1))
+            _add_sums(sums1, dy, h1, bn1, invstd1)
             grad_h2[a:b] = dy
         dy1 = grad_h2
         # bn1, pass 2, and linear1: grad_w1 and grad_x per chunk
         for a, b in spans:
-            xhat = _xhat(work, _mm(work, "h1", x[a:b], w1t), mean1, invstd1)
-            grad_h1 = _norm_input_grad(work, dy1[a:b], xhat, sums1, rows, gain1)
-            if grad_h1.dtype != dtype:
-                grad_h1 = work.get("grad_h1", *grad_h1.shape, dtype).copy_(grad_h1)
+            h1 = _mm(work, "h1", x[a:b], w1t)
+            grad_h1 = work.converted("grad_h1", _norm_input_grad(work, dy1[a:b], h1, bn1, invstd1, sums1, rows), dtype)
             _add_matmul(work, grad_w1, grad_h1.t(), x[a:b])
             torch.mm(grad_h1, w1h, out=grad_x[a:b])
         grad_b3 = grad_out.sum(0, dtype=mean2.dtype).to(w3.dtype)
