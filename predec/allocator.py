@@ -57,6 +57,9 @@ ALLOCATOR_SETTINGS: dict[str, dict[str, str]] = {
         "dirty_decay_ms:-1,muzzy_decay_ms:-1"
     },
     "mimalloc": {"MIMALLOC_PURGE_DELAY": "-1"},
+    # tcmalloc returns freed spans to the OS gradually (release rate 1 by default), and re-faulting them cost a DeCon-ML
+    # step 1.0 s of kernel time (5 %); with 0 it keeps them, as the others, at the same peak (docs/benchmarks.md).
+    "tcmalloc": {"TCMALLOC_RELEASE_RATE": "0"},
 }
 """Environment settings each allocator runs with (a value the user set already wins)."""
 

@@ -90,3 +90,8 @@ def test_the_allocators_settings_are_applied_and_the_users_win(monkeypatch, tmp_
     assert env is not None and "dirty_decay_ms:-1" in env["MALLOC_CONF"]
     env = preload_env({ALLOCATOR_ENV: "jemalloc", "MALLOC_CONF": "narenas:1"})
     assert env is not None and env["MALLOC_CONF"] == "narenas:1"
+    (tmp_path / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    env = preload_env({ALLOCATOR_ENV: "tcmalloc"})
+    assert env is not None and env["TCMALLOC_RELEASE_RATE"] == "0"
+    env = preload_env({ALLOCATOR_ENV: "tcmalloc", "TCMALLOC_RELEASE_RATE": "2"})
+    assert env is not None and env["TCMALLOC_RELEASE_RATE"] == "2"
