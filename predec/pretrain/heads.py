@@ -97,18 +97,20 @@ class _Workspace:
 
 
 class _Norm(NamedTuple):
-    """A BatchNorm layer of the projector with the statistics of the current batch (:func:`_stat_dtype`)."""
+    """A BatchNorm layer of the projector with the statistics of the current batch (:func:`_stat_dtype`); build it
+    with :meth:`of`."""
 
     gamma: torch.Tensor
     beta: torch.Tensor
     mean: torch.Tensor
     var: torch.Tensor  # biased batch variance
     eps: float
+    invstd: torch.Tensor  # 1 / sqrt(var + eps)
 
-    @property
-    def invstd(self) -> torch.Tensor:
-        """``1 / sqrt(var + eps)``."""
-        return torch.rsqrt(self.var + self.eps)
+    @classmethod
+    def of(cls, gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float) -> _Norm:
+        """The layer's parameters and batch statistics, with ``invstd`` derived once."""
+        return cls(gamma, beta, mean, var, eps, torch.rsqrt(var + eps))
 
 
 def _chunk_mean_var(work: _Workspace, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,29 +193,28 @@ def _add_matmul(work: _Workspace, total: torch.Tensor, left: torch.Tensor, right
     if total.dtype == left.dtype:
         total.addmm_(left, right)
     else:
-        total += work.converted("weight_grad_total", _mm(work, "weight_grad", left, right), total.dtype)
+        total += work.converted("weight_grad_wide", _mm(work, "weight_grad", left, right), total.dtype)
 
 
-def _add_sums(sums: torch.Tensor, dy: torch.Tensor, part: torch.Tensor, norm: _Norm, invstd: torch.Tensor) -> None:
+def _add_sums(sums: torch.Tensor, dy: torch.Tensor, part: torch.Tensor, norm: _Norm) -> None:
     """BatchNorm backward's reductions of one chunk: ``sums[0] += Σ_rows dy``, ``sums[1] += Σ_rows dy·x̂``
     (BatchNorm's backward kernel, fp32 arithmetic for bf16 chunks)."""
     _, dot, total = torch.ops.aten.native_batch_norm_backward(
-        dy, part, norm.gamma, None, None, norm.mean, invstd, True, norm.eps, [False, True, True]
+        dy, part, norm.gamma, None, None, norm.mean, norm.invstd, True, norm.eps, [False, True, True]
     )
     sums[0] += total
     sums[1] += dot
 
 
 def _norm_input_grad(
-    work: _Workspace, dy: torch.Tensor, part: torch.Tensor, norm: _Norm, invstd: torch.Tensor, sums: torch.Tensor,
-    rows: int,
-) -> torch.Tensor:  # fmt: skip
+    work: _Workspace, dy: torch.Tensor, part: torch.Tensor, norm: _Norm, sums: torch.Tensor, rows: int
+) -> torch.Tensor:
     """BatchNorm's input gradient ``γ·invstd·(dy − Σdy/N − x̂·Σ(dy·x̂)/N)`` of one chunk, in :func:`_stat_dtype`.
 
     Written as ``a·dy + b·x + d`` with per-column ``a = γ·invstd``, ``b = −a·invstd·Σ(dy·x̂)/N`` and
     ``d = −a·Σdy/N − b·mean``: two fused multiply-adds on the chunk.
     """
-    dtype = sums.dtype
+    dtype, invstd = sums.dtype, norm.invstd
     gain = norm.gamma.to(dtype) * invstd
     slope = -gain * invstd * (sums[1] / rows)
     offset = -gain * (sums[0] / rows) - slope * norm.mean
@@ -251,12 +252,12 @@ def _projector_forward(
     gamma1, beta1, *running1, eps1 = norm1
     gamma2, beta2, *running2, eps2 = norm2
     h1_chunks = (_mm(work, "h1", x[a:b], w1t) for a, b in spans)
-    bn1 = _Norm(gamma1, beta1, *_batch_norm_stats(h1_chunks, rows, *running1, work), eps1)
+    bn1 = _Norm.of(gamma1, beta1, *_batch_norm_stats(h1_chunks, rows, *running1, work), eps1)
     h2 = x.new_empty(rows, w2.shape[0])
     for a, b in spans:
         activated = _gelu(work, _normalise(work, _mm(work, "h1", x[a:b], w1t), bn1))
         torch.mm(activated, w2t, out=h2[a:b])
-    bn2 = _Norm(gamma2, beta2, *_batch_norm_stats((h2[a:b] for a, b in spans), rows, *running2, work), eps2)
+    bn2 = _Norm.of(gamma2, beta2, *_batch_norm_stats((h2[a:b] for a, b in spans), rows, *running2, work), eps2)
     out = x.new_empty(rows, w3.shape[0])
     for a, b in spans:
         torch.addmm(b3, _gelu(work, _normalise(work, h2[a:b], bn2)), w3t, out=out[a:b])
@@ -296,8 +297,7 @@ class _ProjectorFunction(torch.autograd.Function):
             )
         ctx.consumed = True
         x, h2, w1, w2, w3, gamma1, beta1, gamma2, beta2, mean1, var1, mean2, var2 = ctx.saved_tensors
-        bn1, bn2 = _Norm(gamma1, beta1, mean1, var1, ctx.eps[0]), _Norm(gamma2, beta2, mean2, var2, ctx.eps[1])
-        invstd1, invstd2 = bn1.invstd, bn2.invstd
+        bn1, bn2 = _Norm.of(gamma1, beta1, mean1, var1, ctx.eps[0]), _Norm.of(gamma2, beta2, mean2, var2, ctx.eps[1])
         rows, dtype = x.shape[0], x.dtype
         spans, work = _spans(rows, h2.shape[1]), _Workspace(x.device)
         grad_out = grad_out.to(dtype)
@@ -312,11 +312,11 @@ class _ProjectorFunction(torch.autograd.Function):
             normed = _normalise(work, h2[a:b], bn2)
             _add_matmul(work, grad_w3, grad_out[a:b].t(), _gelu(work, normed))
             dy = _gelu_grad(work, grad_out[a:b], w3h, normed)
-            _add_sums(sums2, dy, h2[a:b], bn2, invstd2)
+            _add_sums(sums2, dy, h2[a:b], bn2)
         # bn2, pass 2: dy2 recomputed (a 256-wide product), d loss / d h2 written over h2
         for a, b in spans:
             dy = _gelu_grad(work, grad_out[a:b], w3h, _normalise(work, h2[a:b], bn2))
-            h2[a:b] = _norm_input_grad(work, dy, h2[a:b], bn2, invstd2, sums2, rows)
+            h2[a:b] = _norm_input_grad(work, dy, h2[a:b], bn2, sums2, rows)
         grad_h2 = h2
         # linear2 and bn1, pass 1: grad_w2 and bn1's sums; dy1 written over grad_h2 (its chunk is used up)
         for a, b in spans:
@@ -324,13 +324,13 @@ class _ProjectorFunction(torch.autograd.Function):
             normed = _normalise(work, h1, bn1)
             _add_matmul(work, grad_w2, grad_h2[a:b].t(), _gelu(work, normed))
             dy = _gelu_grad(work, grad_h2[a:b], w2h, normed)
-            _add_sums(sums1, dy, h1, bn1, invstd1)
+            _add_sums(sums1, dy, h1, bn1)
             grad_h2[a:b] = dy
         dy1 = grad_h2
         # bn1, pass 2, and linear1: grad_w1 and grad_x per chunk
         for a, b in spans:
             h1 = _mm(work, "h1", x[a:b], w1t)
-            grad_h1 = work.converted("grad_h1", _norm_input_grad(work, dy1[a:b], h1, bn1, invstd1, sums1, rows), dtype)
+            grad_h1 = work.converted("grad_h1", _norm_input_grad(work, dy1[a:b], h1, bn1, sums1, rows), dtype)
             _add_matmul(work, grad_w1, grad_h1.t(), x[a:b])
             torch.mm(grad_h1, w1h, out=grad_x[a:b])
         grad_b3 = grad_out.sum(0, dtype=mean2.dtype).to(w3.dtype)
