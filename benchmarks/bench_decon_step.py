@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/bench_decon_step.py [--precision bf16|fp32] [--steps 4] [--batch 8] [--size 224]
         [--prototypes 256] [--hidden 4096] [--alpha 0.5] [--skip-dropout 0.5] [--no-channels-last]
-        [--threads 2] [--count-flops] [--profile] [--no-caching-allocator] [--no-pin-mmap-threshold] [--json FILE]
+        [--threads 2] [--count-flops] [--profile] [--trace-faults] [--no-caching-allocator] [--no-pin-mmap-threshold]
+        [--json FILE]
         [--compare glibc,tcmalloc,jemalloc,mimalloc,glibc-dynamic,glibc-thp]
 
 One step is exactly what ``predec pretrain`` runs per optimiser step with the ``decon_ml_coco_r50_fpn_800ep``
@@ -26,7 +27,9 @@ Reported per step: wall and process-CPU seconds (of which kernel: ``sys_s``, mos
 ``minor_faults``), the peak resident memory *during that step* (``VmHWM`` reset before each step through
 ``/proc/self/clear_refs``; flat across steps = nothing accumulates) and the resident memory after it. Step 0 is a
 warm-up (allocator, oneDNN kernels) and is left out of the mean. ``--count-flops`` counts the FLOPs of step 0 with
-``torch.utils.flop_counter``; ``--profile`` prints the operators of one extra step by CPU time. The 1-minute load
+``torch.utils.flop_counter``; ``--profile`` prints the operators of one extra step by CPU time; ``--trace-faults``
+those of one extra step by the minor page faults made while each ran (a dispatch mode reading ``getrusage``
+around every operator: where fresh memory is touched, e.g. under ``--no-caching-allocator``). The 1-minute load
 average is printed before and after: run it alone (load < 3 on this 2-core machine).
 """
 
@@ -41,9 +44,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from predec.allocator import ALLOCATOR_ENV, active_allocator, preload_env, reexec_with_allocator, tune_glibc
 from predec.bench.hardware import MemoryProbe, cpu_flags, resident_mb
@@ -99,6 +104,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--count-flops", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--trace-faults", action="store_true")
     parser.add_argument("--json", default=None)
     parser.add_argument("--compare", default=None, help="comma-separated allocators, one fresh process each")
     parser.add_argument(
@@ -178,6 +184,10 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step(total - 1)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    if args.trace_faults:
+        with FaultTrace() as trace:
+            step(total - 1)
+        trace.print(rows=15)
 
     timed = [r for r in records if not r["warmup"]]
     summary = {
@@ -214,6 +224,30 @@ def main() -> None:
     print(json.dumps({k: v for k, v in summary.items() if k != "steps"}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+class FaultTrace(TorchDispatchMode):
+    """Minor page faults, calls and seconds per operator, read from ``getrusage`` around each one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        entry = self.stats[str(func)]
+        entry[0] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        entry[1] += 1
+        entry[2] += time.perf_counter() - start
+        return out
+
+    def print(self, rows: int) -> None:
+        """The ``rows`` operators with the most faults, as a markdown table."""
+        total = sum(entry[0] for entry in self.stats.values())
+        print(f"\n{total:,} minor faults in one step\n| operator | faults | calls | s |\n|---|--:|--:|--:|")
+        for name, (faults, calls, seconds) in sorted(self.stats.items(), key=lambda item: -item[1][0])[:rows]:
+            print(f"| {name} | {faults:,} | {calls} | {seconds:.2f} |")
 
 
 def compare(allocators: list[str], argv: list[str]) -> None:
