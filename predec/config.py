@@ -120,6 +120,13 @@ class TrainerConfig:
         channels_last: run model and inputs in channels-last memory format.
         max_steps: optimiser steps of the run (schedules are defined on it).
         val_every_n_steps: validate every N steps (None: only at the end).
+        monitor: validation metric that selects the weights a run ends with (``predec train``): ``auto`` (the task's
+            main metric: ``val/mIoU`` for segmentation, ``val/abs_rel`` for depth) or ``val/<metric>``; needs
+            ``val_every_n_steps``. The best validation's weights are kept in ``checkpoints/best.ckpt`` and become the
+            run's model and its final evaluation (on ``data.test_split`` when one is set). None: the last weights.
+        patience: early stopping: stop after this many validations in a row without an improvement of the monitored
+            metric by more than ``min_delta`` (needs ``monitor``; None: train all ``max_steps``).
+        min_delta: the smallest change of the monitored metric that counts as an improvement.
         checkpoint_every_n_steps: write ``checkpoints/last.ckpt`` every N steps (None: only at the end).
         log_every_n_steps: logging interval.
         accumulate_grad_batches: gradient accumulation.
@@ -136,6 +143,9 @@ class TrainerConfig:
     channels_last: bool = False
     max_steps: int = 1000
     val_every_n_steps: int | None = None
+    monitor: str | None = None
+    patience: int | None = None
+    min_delta: float = 0.0
     checkpoint_every_n_steps: int | None = 500
     log_every_n_steps: int = 10
     accumulate_grad_batches: int = 1
@@ -192,11 +202,15 @@ class DataConfig:
         root: dataset root directory (readers).
         val_root: root of the evaluation split if it differs (NYU's BTS layout: ``sync`` vs ``official_splits/test``).
         train_split: split of the training set (reader-specific name or split file).
-        val_split: split of the evaluation set.
+        val_split: split of the evaluation set (the validation set when a test split is given).
+        test_split: split evaluated once at the end of training with the weights the run ends with (the best
+            validation's with ``trainer.monitor``); None: the final evaluation is on ``val_split``.
         num_train: ``synth``: number of training scenes.
-        num_val: ``synth``: number of evaluation scenes.
+        num_val: ``synth``: number of evaluation (validation) scenes.
+        num_test: ``synth``: number of test scenes (used when ``test_split`` is set).
         image_size: ``synth``: rendered size [H, W].
-        synth_seed: ``synth``: generator seed of the training scenes (evaluation scenes use ``synth_seed + 1``).
+        synth_seed: ``synth``: generator seed of the training scenes (evaluation scenes use ``synth_seed + 1``, test
+            scenes ``synth_seed + 2``).
         crop_size: training crop [H, W] (None: ``image_size`` for ``synth``; readers need one).
         batch_size: training images per device.
         eval_batch_size: evaluation images per device.
@@ -212,8 +226,10 @@ class DataConfig:
     val_root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
+    test_split: str | None = None
     num_train: int = 256
     num_val: int = 64
+    num_test: int = 64
     image_size: list[int] = field(default_factory=lambda: [64, 64])
     synth_seed: int = 0
     crop_size: list[int] | None = None

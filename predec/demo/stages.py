@@ -434,7 +434,7 @@ def _save_predictions(model_dir: Path, config: Any, count: int, path: Path) -> N
 
     if count <= 0:
         return
-    dataset = build_dataset(config.data, train=False, transform=eval_transform())
+    dataset = build_dataset(config.data, "test" if config.data.test_split else "val", transform=eval_transform())
     images = torch.stack([dataset[i]["image"].as_subclass(torch.Tensor) for i in range(min(count, len(dataset)))])
     model = predec.from_pretrained(model_dir)
     with torch.inference_mode():

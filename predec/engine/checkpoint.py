@@ -27,7 +27,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
 from predec.atomic import atomic_path, atomic_write_text
 from predec.zoo.registry import sha256_file
@@ -73,26 +75,48 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with temp-file + rename writes, a sha256 sidecar, the replaced file kept as
     ``<stem>.previous<suffix>``, and ``weights_only=True`` reads that verify the checksum."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._written_steps: dict[Path, int] = {}  # path -> global step this process last wrote there
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         """Write ``checkpoint`` to ``path`` atomically; the old ``path`` (and its checksum) becomes the previous one,
-        unless it fails its checksum.
+        unless it fails its checksum or is this process's own earlier write of the same step (then it is replaced, so
+        the previous file stays a checkpoint of an earlier step).
 
         Order of the renames: a crash at any point leaves either the new file with its checksum, or no ``path`` and
         the previous file with its own (a file whose sidecar is missing is accepted unverified, never a mismatch).
         """
         path = Path(path)
+        step = checkpoint.get("global_step")
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
             digest = sha256_file(tmp)
             previous = previous_checkpoint(path)
-            if path.exists() and verify_checkpoint(path) is not False:  # a corrupt file is replaced, not kept
+            rewrite = step is not None and self._written_steps.get(path.resolve()) == step
+            if path.exists() and not rewrite and verify_checkpoint(path) is not False:  # a corrupt file is not kept
                 _replace_if_exists(checksum_path(path), checksum_path(previous))
                 os.replace(path, previous)
             atomic_write_text(checksum_path(path), f"{digest}  {path.name}\n")
+        if step is not None:
+            self._written_steps[path.resolve()] = step
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
         """Read a checkpoint with ``torch.load(weights_only=True)``."""
         return read_checkpoint(path, map_location=map_location or "cpu")
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` writing ``last.ckpt`` every N steps, and once more after a validation of a step
+    it has just written: Lightning writes step checkpoints before that step's validation and skips the write after
+    it, so a run resumed from such a checkpoint would lose the validation (its metrics, the best-weights and
+    early-stopping state)."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        written_before = self._last_global_step_saved == trainer.global_step
+        super().on_validation_end(trainer, pl_module)
+        if written_before and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

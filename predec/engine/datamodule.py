@@ -203,21 +203,34 @@ def check_task(config: DataConfig, task: str, num_classes: int | None) -> None:
             )
 
 
-def build_dataset(config: DataConfig, train: bool, transform: Any) -> Dataset:
-    """The training (``train=True``) or evaluation set of ``config``, with ``transform`` applied to samples.
+ROLES: tuple[str, ...] = ("train", "val", "test")
+"""What a data set is for: training, validation (evaluation during and after training) or the final test."""
+
+
+def build_dataset(config: DataConfig, role: str, transform: Any) -> Dataset:
+    """The ``role`` set of ``config`` (``train``, ``val`` or ``test``), with ``transform`` applied to samples.
+
+    ``synth``: ``num_train`` / ``num_val`` / ``num_test`` scenes of seeds ``synth_seed`` / ``+ 1`` / ``+ 2``.
+    Readers: ``train_split`` / ``val_split`` / ``test_split`` (evaluation splits under ``val_root`` if given).
 
     Raises:
         ConfigError: a reader option (``data.reader_kwargs`` / ``data.train_reader_kwargs``) the reader does not take.
-        ValueError: an unknown dataset, or a reader dataset without ``data.root``.
+        ValueError: an unknown dataset or role, a test set without ``data.test_split``, or a reader dataset without
+            ``data.root``.
     """
-    split = config.train_split if train else config.val_split
+    if role not in ROLES:
+        raise ValueError(f"Unknown data set role {role!r}; valid: {', '.join(ROLES)}.")
+    train = role == "train"
+    if role == "test" and config.test_split is None:
+        raise ValueError("There is no test set: data.test_split is not set (e.g. data.test_split=test).")
+    split = {"train": config.train_split, "val": config.val_split, "test": config.test_split}[role]
     kwargs = {**config.reader_kwargs, **(config.train_reader_kwargs if train else {})}
     key = "data.train_reader_kwargs" if train and config.train_reader_kwargs else "data.reader_kwargs"
     if config.dataset == "synth":
         from predec.data.synthetic import SynthScenes
 
-        num = config.num_train if train else config.num_val
-        seed = config.synth_seed if train else config.synth_seed + 1
+        num = {"train": config.num_train, "val": config.num_val, "test": config.num_test}[role]
+        seed = config.synth_seed + ROLES.index(role)
         try:
             return SynthScenes(num, size=tuple(config.image_size), seed=seed, transform=transform, **kwargs)
         except TypeError as err:  # SynthScenes takes **render_options and names an unknown one itself
@@ -298,46 +311,68 @@ class StepDataModule(L.LightningDataModule):
 
 
 class EvalStepDataModule(StepDataModule):
-    """:class:`StepDataModule` plus an evaluation loader sharded without repetition over the processes.
+    """:class:`StepDataModule` plus evaluation loaders (validation, and optionally test) sharded without repetition
+    over the processes.
 
     Args:
         train_set: factory of the training set.
-        val_set: factory of the evaluation set.
+        val_set: factory of the evaluation (validation) set.
         eval_batch_size: evaluation images per process.
+        test_set: factory of the test set (None: the module has no test set).
         **kwargs: the other :class:`StepDataModule` arguments.
     """
 
     def __init__(
-        self, train_set: Callable[[], Dataset], val_set: Callable[[], Dataset], eval_batch_size: int, **kwargs: Any
+        self,
+        train_set: Callable[[], Dataset],
+        val_set: Callable[[], Dataset],
+        eval_batch_size: int,
+        test_set: Callable[[], Dataset] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(train_set, **kwargs)
-        self._val_factory, self.eval_batch_size = val_set, eval_batch_size
+        self._val_factory, self._test_factory, self.eval_batch_size = val_set, test_set, eval_batch_size
         self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def _checked(self, dataset: Dataset, what: str) -> Dataset:
+        size, (_, world) = len(dataset), self._rank_world()  # type: ignore[arg-type]
+        if size == 0:
+            raise ValueError(f"The {what} set {dataset!r} is empty: there is nothing to evaluate.")
+        if size < world:
+            raise ValueError(f"The {what} set has {size} images, fewer than the {world} processes.")
+        return dataset
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage in ("fit", "validate", "test") and self.val_set is None:
-            self.val_set = self._val_factory()
-            size, (_, world) = len(self.val_set), self._rank_world()  # type: ignore[arg-type]
-            if size == 0:
-                raise ValueError(f"The evaluation set {self.val_set!r} is empty: there is nothing to evaluate.")
-            if size < world:
-                raise ValueError(f"The evaluation set has {size} images, fewer than the {world} processes.")
+        if stage in ("fit", "validate") and self.val_set is None:
+            self.val_set = self._checked(self._val_factory(), "evaluation")
+        if stage == "test" and self.test_set is None:
+            if self._test_factory is None:
+                raise ValueError("This data module has no test set (data.test_split is not set).")
+            self.test_set = self._checked(self._test_factory(), "test")
 
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None
+    def _eval_loader(self, dataset: Dataset | None) -> DataLoader:
+        assert dataset is not None
         rank, world = self._rank_world()
         return DataLoader(
-            self.val_set,
+            dataset,
             batch_size=self.eval_batch_size,
-            sampler=ShardSampler(len(self.val_set), rank, world),  # type: ignore[arg-type]
+            sampler=ShardSampler(len(dataset), rank, world),  # type: ignore[arg-type]
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
         )
 
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
 
 class DenseDataModule(EvalStepDataModule):
-    """Training and evaluation loaders of a dense task (:class:`EvalStepDataModule` over the recipe's datasets).
+    """Training and evaluation loaders of a dense task (:class:`EvalStepDataModule` over the recipe's datasets;
+    a test loader when ``data.test_split`` is set).
 
     Args:
         config: data settings.
@@ -353,7 +388,8 @@ class DenseDataModule(EvalStepDataModule):
         self.config, self.task = config, task
         super().__init__(
             self._build_train_set,
-            val_set=self._build_val_set,
+            val_set=lambda: self._build_eval_set("val"),
+            test_set=(lambda: self._build_eval_set("test")) if config.test_split is not None else None,
             eval_batch_size=config.eval_batch_size,
             batch_size=config.batch_size,
             seed=seed,
@@ -370,15 +406,16 @@ class DenseDataModule(EvalStepDataModule):
         if crop is None:
             raise ValueError(f"data.crop_size is needed to train on {self.config.dataset!r} (e.g. [480, 640]).")
         transform = train_transform(self.task, tuple(crop), **self.config.train_transform_kwargs)
-        return build_dataset(self.config, train=True, transform=transform)
+        return build_dataset(self.config, "train", transform=transform)
 
-    def _build_val_set(self) -> Dataset:
+    def _build_eval_set(self, role: str) -> Dataset:
         from predec.data.transforms import eval_transform
 
-        dataset = build_dataset(self.config, train=False, transform=eval_transform())
+        dataset = build_dataset(self.config, role, transform=eval_transform())
         if len(dataset) == 0:  # type: ignore[arg-type]
+            split = self.config.val_split if role == "val" else self.config.test_split
             raise ValueError(
-                f"The evaluation set of data.dataset={self.config.dataset!r} (split {self.config.val_split!r}) is "
-                "empty: there is nothing to evaluate."
+                f"The {'evaluation' if role == 'val' else 'test'} set of data.dataset={self.config.dataset!r} "
+                f"(split {split!r}) is empty: there is nothing to evaluate."
             )
         return dataset

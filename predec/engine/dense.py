@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from predec.config import DenseConfig, ModelConfig, from_dict, to_dict
+from predec.config import ConfigError, DenseConfig, ModelConfig, from_dict, to_dict
 from predec.engine.guards import check_finite_loss
 from predec.engine.trainer import step_optimizers
 from predec.models.base import recorded_options
@@ -32,6 +32,8 @@ MODEL_IDENTITY_KEYS: tuple[str, ...] = (
     "decoder_kwargs",
 )
 """Model settings that define the architecture (and so the checkpoint keys and shapes)."""
+VAL_HISTORY_KEY = "predec_val_history"
+"""Checkpoint entry holding :attr:`DenseModule.val_history`."""
 
 
 def build_model(config: ModelConfig) -> torch.nn.Module:
@@ -72,6 +74,8 @@ class DenseModule(L.LightningModule):
         model: the ``DenseModel``.
         last_metrics: metrics of the latest evaluation (``{}`` before any).
         last_metrics_step: the global step they were computed at.
+        val_history: ``{step: {name: value}}``, the scalar metrics of every validation of the run (saved in its
+            checkpoints, so a resumed run keeps the curve that selects its best step).
     """
 
     def __init__(self, config: DenseConfig | Mapping[str, Any], build_weights: bool = True) -> None:
@@ -87,6 +91,7 @@ class DenseModule(L.LightningModule):
         self.task = self.config.model.task
         self.last_metrics: dict[str, Any] = {}
         self.last_metrics_step = -1
+        self.val_history: dict[int, dict[str, float]] = {}
         self._accumulator: Any = None
 
     # ---------------------------------------------------------------------------------------------------- forward
@@ -115,7 +120,7 @@ class DenseModule(L.LightningModule):
         """Refuse depth readers whose depths do not fit the model's range (a wrong unit) before the first step of a
         fit or an evaluation (:meth:`predec.data.datasets.DepthSplitDataset.check_depth_unit`)."""
         datamodule = self._trainer.datamodule if self._trainer is not None else None
-        sets = [getattr(datamodule, name, None) for name in ("train_set", "val_set")]
+        sets = [getattr(datamodule, name, None) for name in ("train_set", "val_set", "test_set")]
         model_cfg = self.config.model
         for dataset in {id(d): d for d in sets if self.task == "depth" and hasattr(d, "check_depth_unit")}.values():
             dataset.check_depth_unit(model_cfg.min_depth, model_cfg.max_depth)
@@ -238,6 +243,14 @@ class DenseModule(L.LightningModule):
         self._accumulator.update(outputs, target)
 
     def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
+
+    def _finish_evaluation(self, prefix: str) -> None:
+        """Reduce the metric states over processes, keep the metrics (``last_metrics``) and log them as
+        ``<prefix>/<name>``."""
         state = self._accumulator.state()
         if self.trainer.world_size > 1:
             state = {k: self.trainer.strategy.reduce(v.to(self.device), reduce_op="sum") for k, v in state.items()}
@@ -245,14 +258,61 @@ class DenseModule(L.LightningModule):
         metrics = self._accumulator.compute()
         self.last_metrics = _plain(metrics)
         self.last_metrics_step = self.global_step
-        scalars = {f"val/{k}": float(v) for k, v in self.last_metrics.items() if isinstance(v, (int, float))}
+        scalars = {f"{prefix}/{k}": float(v) for k, v in self.last_metrics.items() if isinstance(v, (int, float))}
+        if prefix == "val" and not self.trainer.sanity_checking:
+            self.val_history[self.global_step] = {k: float(v) for k, v in scalars.items()}
         if not self.trainer.sanity_checking:
-            # Already reduced over processes: log rank-local values without another sync.
-            self.log_dict(scalars, prog_bar=False, sync_dist=False, rank_zero_only=True)
+            # Already reduced over processes: every rank logs the same values (early stopping reads them on each
+            # rank), with no further sync.
+            self.log_dict(scalars, prog_bar=False, sync_dist=False)
 
     test_step = validation_step
     on_test_epoch_start = on_validation_epoch_start
-    on_test_epoch_end = on_validation_epoch_end
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[VAL_HISTORY_KEY] = {str(step): metrics for step, metrics in self.val_history.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(VAL_HISTORY_KEY) or {}
+        self.val_history = {int(step): dict(metrics) for step, metrics in saved.items()}
+
+
+def monitored_metric(config: DenseConfig) -> tuple[str, str] | None:
+    """The validation metric that selects a run's final weights, and whether it is better higher or lower.
+
+    Returns:
+        ``("val/<metric>", "max" | "min")``, or None when ``trainer.monitor`` is not set.
+
+    Raises:
+        ConfigError: an unknown metric, a monitor without ``val_every_n_steps``, or ``patience`` without a monitor.
+    """
+    trainer = config.trainer
+    if trainer.monitor is None:
+        if trainer.patience is not None:
+            raise ConfigError(
+                f"trainer.patience={trainer.patience} needs trainer.monitor (e.g. trainer.monitor=auto): early "
+                "stopping watches a validation metric."
+            )
+        return None
+    tasks = _tasks()
+    goals, main = (
+        (tasks.depth.DEPTH_METRIC_GOALS, tasks.depth.DEPTH_MAIN_METRIC)
+        if config.model.task == "depth"
+        else (tasks.segmentation.SEG_METRIC_GOALS, tasks.segmentation.SEG_MAIN_METRIC)
+    )
+    name = main if trainer.monitor == "auto" else trainer.monitor.removeprefix("val/")
+    if name not in goals:
+        valid = ", ".join(["auto", *(f"val/{n}" for n in goals)])
+        raise ConfigError(
+            f"trainer.monitor={trainer.monitor!r} is not a {config.model.task} validation metric; valid: {valid}."
+        )
+    if not trainer.val_every_n_steps:
+        raise ConfigError(
+            f"trainer.monitor={trainer.monitor!r} needs trainer.val_every_n_steps (how often to validate, e.g. 100)."
+        )
+    if trainer.patience is not None and trainer.patience < 1:
+        raise ConfigError(f"trainer.patience={trainer.patience}: give a number of validations >= 1, or null.")
+    return f"val/{name}", goals[name]
 
 
 def _tasks() -> Any:

@@ -11,10 +11,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from predec.config import ConfigError, DenseConfig
+from predec.config import ConfigError, DenseConfig, TrainerConfig
+from predec.engine.checkpoint import read_checkpoint
 from predec.engine.datamodule import DenseDataModule, check_task
-from predec.engine.dense import DenseModule
+from predec.engine.dense import DenseModule, monitored_metric
 from predec.engine.dense_checkpoint import (
     DenseCheckpoint,
     check_checkpoint_architecture,
@@ -36,11 +38,16 @@ def train_dense(
     overwrite: bool = False,
     callbacks: list[L.Callback] | tuple[L.Callback, ...] = (),
 ) -> RunResult:
-    """Train (or resume) a dense model and evaluate the final weights.
+    """Train (or resume) a dense model and evaluate the weights it ends with.
 
     An existing run directory with a checkpoint and no ``finished`` status is resumed automatically (same config
     required, apart from :data:`predec.config.RUNTIME_KEYS`). Writes ``config.yaml``, ``status.json``,
     ``checkpoints/last.ckpt``, ``logs/``, ``metrics.json`` and the trained model (``model/``, save_pretrained).
+
+    The run ends with its last weights, or with ``trainer.monitor`` the best validation's (``checkpoints/best.ckpt``;
+    ``trainer.patience`` stops it early), evaluated on ``data.test_split`` if one is set, else on the validation
+    split. ``metrics.json`` then also holds ``selection`` (the step chosen and why), ``val_metrics`` (the validation
+    metrics of the chosen weights, with a test split) and ``val_history`` (every validation of the run).
 
     Args:
         config: the recipe.
@@ -60,6 +67,7 @@ def train_dense(
     """
     check_task(config.data, config.model.task, config.model.num_classes)
     check_schedule(config.schedule, config.trainer.max_steps)
+    monitored = monitored_metric(config)
     trainer_cfg = config.trainer
 
     checked: dict[Path, DenseCheckpoint] = {}
@@ -81,16 +89,23 @@ def train_dense(
         return module.last_metrics_step != step or not module.last_metrics
 
     def finish(trainer: L.Trainer, module: DenseModule) -> dict[str, Any]:
+        record: dict[str, Any] = {"task": config.model.task, "step": trainer.global_step}
+        metrics = module.last_metrics
+        if monitored is not None:
+            record["selection"] = select_best_weights(trainer, module, run, *monitored)
+            metrics = {k.removeprefix("val/"): v for k, v in module.val_history[record["selection"]["step"]].items()}
+        if config.data.test_split is not None:
+            record["val_metrics"] = metrics
+            trainer.test(module, datamodule=trainer.datamodule, verbose=False)
+            metrics = module.last_metrics
         if trainer.is_global_zero:
             module.model.to(memory_format=torch.contiguous_format)  # safetensors stores row-major tensors only
             module.model.save_pretrained(run.model_dir)
-        return {
-            "task": config.model.task,
-            "step": trainer.global_step,
-            "dataset": config.data.dataset,
-            "split": config.data.val_split,
-            "metrics": module.last_metrics,
-        }
+        split = config.data.test_split if config.data.test_split is not None else config.data.val_split
+        record |= {"dataset": config.data.dataset, "split": split, "metrics": metrics}
+        if module.val_history:
+            record["val_history"] = {str(step): values for step, values in sorted(module.val_history.items())}
+        return record
 
     run = RunDir(run_dir or Path(config.output_dir) / config.name)
     return fit_run(
@@ -101,11 +116,92 @@ def train_dense(
         finish=finish,
         resume=resume,
         overwrite=overwrite,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *selection_callbacks(run, trainer_cfg, monitored)],
         grad_clip_norm=config.optim.grad_clip_norm,
         check_checkpoint=check_checkpoint,
         validate_at_end=needs_validation,
     )
+
+
+BEST_CHECKPOINT = "best.ckpt"
+"""The weights of the best validation so far (``checkpoints/best.ckpt``) when ``trainer.monitor`` is set."""
+
+
+def selection_callbacks(run: RunDir, trainer: TrainerConfig, monitored: tuple[str, str] | None) -> list[L.Callback]:
+    """Lightning's ``ModelCheckpoint`` keeping the best validation's weights (``checkpoints/best.ckpt``) and, with
+    ``trainer.patience``, its ``EarlyStopping`` on the same metric; none without a monitored metric."""
+    if monitored is None:
+        return []
+    name, mode = monitored
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            dirpath=run.checkpoints,
+            filename=Path(BEST_CHECKPOINT).stem,
+            monitor=name,
+            mode=mode,
+            save_top_k=1,
+            save_weights_only=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+            save_on_train_epoch_end=False,
+        )
+    ]
+    if trainer.patience is not None:
+        callbacks.append(
+            EarlyStopping(
+                monitor=name,
+                mode=mode,
+                patience=trainer.patience,
+                min_delta=trainer.min_delta,
+                check_on_train_epoch_end=False,
+            )
+        )
+    return callbacks
+
+
+def best_step(history: dict[int, dict[str, float]], name: str, mode: str) -> int:
+    """The step of the best ``name`` in a validation history (``{step: {name: value}}``); the earliest of equals,
+    as Lightning's ``ModelCheckpoint`` keeps the first of equal scores.
+
+    Raises:
+        ValueError: no validation recorded ``name``.
+    """
+    scored = [(step, metrics[name]) for step, metrics in sorted(history.items()) if name in metrics]
+    if not scored:
+        raise ValueError(f"No validation recorded {name!r}; validations: {sorted(history)}.")
+    sign = 1.0 if mode == "max" else -1.0
+    return max(scored, key=lambda item: (sign * item[1], -item[0]))[0]
+
+
+def select_best_weights(trainer: L.Trainer, module: DenseModule, run: RunDir, name: str, mode: str) -> dict[str, Any]:
+    """Put the best validation's weights into ``module`` (from ``checkpoints/best.ckpt``, or the current weights when
+    the best validation was the final one) and say which step they are from.
+
+    Returns:
+        ``{"monitor", "mode", "step", "score", "last_step", "early_stopped"}``.
+
+    Raises:
+        ValueError: ``best.ckpt`` holds the weights of another step than the validation history's best.
+    """
+    step = best_step(module.val_history, name, mode)
+    if step != trainer.global_step:
+        path = run.checkpoints / BEST_CHECKPOINT
+        checkpoint = read_checkpoint(path)
+        if int(checkpoint.get("global_step", -1)) != step:
+            raise ValueError(
+                f"{path} holds the weights of step {checkpoint.get('global_step')}, but the best {name} was validated "
+                f"at step {step} ({module.val_history[step][name]:.6g}); the run directory is inconsistent: train "
+                "again with --overwrite."
+            )
+        module.load_state_dict(checkpoint["state_dict"])
+    return {
+        "monitor": name,
+        "mode": mode,
+        "step": step,
+        "score": module.val_history[step][name],
+        "last_step": trainer.global_step,
+        "early_stopped": trainer.global_step < (trainer.max_steps or 0),
+    }
 
 
 def resolve_eval_config(checkpoint: DenseCheckpoint, config: DenseConfig | None, overrides: list[str]) -> DenseConfig:

@@ -177,7 +177,10 @@ def fit_run(
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt(f"Run interrupted at step {trainer.global_step}.")
-        saved_step = getattr(trainer.checkpoint_callback, "_last_global_step_saved", -1)
+        saved_step = max(
+            (getattr(c, "_last_global_step_saved", -1) for c in trainer.checkpoint_callbacks if c.save_last),
+            default=-1,
+        )
         if saved_step != trainer.global_step or not run.last_checkpoint.is_file():
             trainer.save_checkpoint(run.last_checkpoint)
         if validate_at_end is not None and validate_at_end(module, trainer.global_step):

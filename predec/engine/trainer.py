@@ -22,11 +22,11 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from predec.config import ConfigError, OptimConfig, ScheduleConfig, TrainerConfig
-from predec.engine.checkpoint import AtomicCheckpointIO, RNGStateCallback
+from predec.engine.checkpoint import AtomicCheckpointIO, LastCheckpoint, RNGStateCallback
 from predec.engine.guards import NonFiniteGradientGuard
 from predec.engine.run_dir import RunDir
 from predec.optim import build_optimizer, build_scheduler
@@ -161,7 +161,7 @@ def build_trainer(
         if run_dir is not None:
             run_dir.create()
             all_callbacks.append(
-                ModelCheckpoint(
+                LastCheckpoint(
                     dirpath=run_dir.checkpoints,
                     filename="step{step:08d}",
                     save_top_k=0,

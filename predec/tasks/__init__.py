@@ -2,6 +2,8 @@
 
 from predec.tasks.depth import (
     CROP_MASKS,
+    DEPTH_MAIN_METRIC,
+    DEPTH_METRIC_GOALS,
     DEPTH_METRIC_NAMES,
     SILOG_VARIANTS,
     DepthMetricAccumulator,
@@ -23,6 +25,8 @@ from predec.tasks.inference import (
 )
 from predec.tasks.segmentation import (
     IGNORE_INDEX,
+    SEG_MAIN_METRIC,
+    SEG_METRIC_GOALS,
     SEG_STATE_KEYS,
     SegMetricAccumulator,
     check_labels,
@@ -32,8 +36,12 @@ from predec.tasks.segmentation import (
 
 __all__ = [
     "CROP_MASKS",
+    "DEPTH_MAIN_METRIC",
+    "DEPTH_METRIC_GOALS",
     "DEPTH_METRIC_NAMES",
     "IGNORE_INDEX",
+    "SEG_MAIN_METRIC",
+    "SEG_METRIC_GOALS",
     "SEG_STATE_KEYS",
     "SILOG_VARIANTS",
     "DepthMetricAccumulator",

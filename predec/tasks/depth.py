@@ -18,6 +18,12 @@ from torchvision import tv_tensors
 
 SILOG_VARIANTS: tuple[str, ...] = ("adabins", "bts")
 DEPTH_METRIC_NAMES: tuple[str, ...] = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
+DEPTH_METRIC_GOALS: dict[str, str] = {
+    name: "max" if name in ("d1", "d2", "d3") else "min" for name in DEPTH_METRIC_NAMES
+}
+"""Whether each depth metric is better higher (``"max"``) or lower (``"min"``)."""
+DEPTH_MAIN_METRIC = "abs_rel"
+"""The metric that selects a depth model (``trainer.monitor: auto``)."""
 NYU_SIZE: tuple[int, int] = (480, 640)
 KB_CROP_SIZE: tuple[int, int] = (352, 1216)
 # Tiny floor under the SILog radicand: sqrt has an infinite slope at 0 (e.g. pred == gt everywhere).

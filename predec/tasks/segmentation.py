@@ -15,6 +15,10 @@ from torch import Tensor
 
 IGNORE_INDEX = 255
 SEG_STATE_KEYS: tuple[str, ...] = ("area_intersect", "area_union", "area_pred_label", "area_label")
+SEG_METRIC_GOALS: dict[str, str] = {"mIoU": "max", "aAcc": "max", "mAcc": "max"}
+"""Whether each scalar segmentation metric is better higher (``"max"``) or lower (``"min"``)."""
+SEG_MAIN_METRIC = "mIoU"
+"""The metric that selects a segmentation model (``trainer.monitor: auto``)."""
 
 
 def check_labels(
