@@ -59,7 +59,7 @@ def test_monitor_resolution_and_errors(tmp_path):
         monitored_metric(tiny(tmp_path, "trainer.monitor=val/miou"))
     with pytest.raises(ConfigError, match="val_every_n_steps"):
         monitored_metric(tiny(tmp_path, "trainer.val_every_n_steps=null"))
-    with pytest.raises(ConfigError, match="needs trainer.monitor"):
+    with pytest.raises(ConfigError, match=r"needs trainer\.monitor"):
         monitored_metric(tiny(tmp_path, "trainer.monitor=null", "trainer.patience=3"))
 
 
@@ -139,7 +139,7 @@ def test_validation_history_survives_a_resume(tmp_path):
     whole = train_dense(tiny(tmp_path, "name=whole", "optim.lr=3e-3"))
     config = tiny(tmp_path, "name=split", "optim.lr=3e-3", "trainer.max_steps=16")
 
-    class Stop(Exception):
+    class StopError(Exception):
         pass
 
     import lightning as L
@@ -147,9 +147,9 @@ def test_validation_history_survives_a_resume(tmp_path):
     class StopAt(L.Callback):
         def on_train_batch_end(self, trainer, *args):
             if trainer.global_step == 10:
-                raise Stop
+                raise StopError
 
-    with pytest.raises(Stop):
+    with pytest.raises(StopError):
         train_dense(config, callbacks=[StopAt()])
     resumed = train_dense(config)
     a = json.loads(whole.run_dir.metrics_path.read_text())
