@@ -176,6 +176,9 @@ class ModelConfig:
         in_chans: input channels.
         encoder_kwargs: extra timm arguments of the encoder (e.g. ``output_stride: 16``).
         decoder_kwargs: extra arguments of the decoder constructor.
+        head_kwargs: task head options over the architecture's defaults: ``convs`` (Conv3×3-BN-ReLU blocks before
+            the final conv) and ``channels`` (their width); empty: the architecture's defaults (FPN: ``{convs: 2,
+            channels: 128}``, the others ``{convs: 0}``; see predec.models.heads).
     """
 
     arch: str = "fpn"
@@ -190,6 +193,7 @@ class ModelConfig:
     in_chans: int = 3
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     decoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

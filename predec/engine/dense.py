@@ -19,7 +19,7 @@ from torch import Tensor
 from predec.config import ConfigError, DenseConfig, ModelConfig, from_dict, to_dict
 from predec.engine.guards import check_finite_loss
 from predec.engine.trainer import step_optimizers
-from predec.models.base import recorded_options
+from predec.models.base import head_options, recorded_options
 
 MODEL_IDENTITY_KEYS: tuple[str, ...] = (
     "arch",
@@ -30,6 +30,7 @@ MODEL_IDENTITY_KEYS: tuple[str, ...] = (
     "in_chans",
     "encoder_kwargs",
     "decoder_kwargs",
+    "head_kwargs",
 )
 """Model settings that define the architecture (and so the checkpoint keys and shapes)."""
 VAL_HISTORY_KEY = "predec_val_history"
@@ -42,11 +43,17 @@ def build_model(config: ModelConfig) -> torch.nn.Module:
 
     settings = to_dict(config)  # ModelConfig's fields are create_model's arguments, decoder options spread
     decoder_kwargs = settings.pop("decoder_kwargs")
-    return create_model(**{**settings, "encoder_kwargs": settings["encoder_kwargs"] or None}, **decoder_kwargs)
+    settings.update(encoder_kwargs=settings["encoder_kwargs"] or None, head_kwargs=settings["head_kwargs"] or None)
+    return create_model(**settings, **decoder_kwargs)
 
 
 def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """``key: saved → wanted`` lines for the architecture-defining model settings that differ."""
+    """``key: saved → wanted`` lines for the architecture-defining model settings that differ.
+
+    Defaults that saved configs record are filled in on both sides (×Net's ``reshape``, the head options of
+    :func:`predec.models.base.head_options`), so a recipe that leaves them out equals a saved config that recorded
+    them; head options are named resolved (what each side builds).
+    """
 
     def identity(config: Mapping[str, Any], key: str) -> Any:
         value = config.get(key) or None  # None, {} and 0-less defaults compare equal
@@ -54,13 +61,29 @@ def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -
             return value.split(".", 1)[0]  # a pretrained tag does not change the architecture
         if key == "decoder_kwargs":
             return recorded_options(config.get("arch"), value) or None  # saved configs record shape defaults
+        if key == "head_kwargs":
+            return head_options(config.get("arch"), value if isinstance(value, Mapping) else None, strict=False)
         return value
 
-    return [
-        f"model.{key}: {saved.get(key)!r} in the checkpoint, {wanted.get(key)!r} in the config"
-        for key in MODEL_IDENTITY_KEYS
-        if identity(saved, key) != identity(wanted, key)
-    ]
+    def line(key: str) -> str:
+        if key == "head_kwargs":  # named resolved, with the override that builds the checkpoint's head
+            head = identity(saved, key)
+            return (
+                f"model.head_kwargs: {head!r} in the checkpoint, {identity(wanted, key)!r} in the config (its head "
+                f"needs model.head_kwargs={head_override(head)} in the recipe)"
+            )
+        return f"model.{key}: {saved.get(key)!r} in the checkpoint, {wanted.get(key)!r} in the config"
+
+    return [line(key) for key in MODEL_IDENTITY_KEYS if identity(saved, key) != identity(wanted, key)]
+
+
+def head_override(options: Mapping[str, Any]) -> str:
+    """The ``model.head_kwargs`` override value (YAML flow) that builds the head of resolved ``options``:
+    ``{convs: 0}`` or ``{convs: 2, channels: 128}``."""
+    convs, channels = options.get("convs", 0), options.get("channels")
+    if not convs:
+        return "{convs: 0}"
+    return f"{{convs: {convs}, channels: {'null' if channels is None else channels}}}"
 
 
 class DenseModule(L.LightningModule):
@@ -81,7 +104,9 @@ class DenseModule(L.LightningModule):
     def __init__(self, config: DenseConfig | Mapping[str, Any], build_weights: bool = True) -> None:
         super().__init__()
         self.config: DenseConfig = config if isinstance(config, DenseConfig) else from_dict(DenseConfig, config)
-        self.save_hyperparameters({"config": to_dict(self.config)})
+        recipe = to_dict(self.config)  # checkpoints record the head it builds, not "the defaults" (they may change)
+        recipe["model"]["head_kwargs"] = head_options(recipe["model"]["arch"], recipe["model"]["head_kwargs"])
+        self.save_hyperparameters({"config": recipe})
         model_config = self.config.model
         if not build_weights:
             model_config = ModelConfig(**{**to_dict(model_config), "encoder_weights": None, "decoder_weights": None})

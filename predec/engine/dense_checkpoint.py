@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,16 @@ import torch
 
 from predec.config import ConfigError, DenseConfig, ModelConfig, from_dict, to_dict
 from predec.engine.checkpoint import read_checkpoint
-from predec.engine.dense import DenseModule, architecture_mismatch
+from predec.engine.dense import DenseModule, architecture_mismatch, head_override
 from predec.models.base import CONFIG_NAME, WEIGHTS_NAME, saved_config
 from predec.models.decoders.xnet import LEGACY_RESHAPE
+from predec.models.heads import LEGACY_HEAD
 from predec.models.weights import load_state, read_state_dict
 
 _MODEL_FIELDS = tuple(
     f.name for f in dataclasses.fields(ModelConfig) if not f.name.endswith(("_weights", "_kwargs"))
-)  # what save_pretrained's config.json holds besides encoder_kwargs and the decoder's options
+)  # what save_pretrained's config.json holds besides encoder_kwargs, head_kwargs and the decoder's options
+_HEAD_BLOCK = re.compile(r"head\.blocks\.(\d+)\.conv\.weight")
 
 
 @dataclass
@@ -54,12 +57,23 @@ def _model_config_from_json(config: dict[str, Any]) -> dict[str, Any]:
     config = saved_config(config)
     known = {k: config[k] for k in _MODEL_FIELDS if k in config}
     known["encoder_kwargs"] = dict(config.get("encoder_kwargs") or {})
-    known["decoder_kwargs"] = {k: v for k, v in config.items() if k not in (*_MODEL_FIELDS, "encoder_kwargs")}
+    known["head_kwargs"] = dict(config.get("head_kwargs") or {})
+    extra = (*_MODEL_FIELDS, "encoder_kwargs", "head_kwargs")
+    known["decoder_kwargs"] = {k: v for k, v in config.items() if k not in extra}
     return known
+
+
+def _head_blocks(state_dict: dict[str, torch.Tensor]) -> tuple[int, int | None]:
+    """Number of hidden head blocks in a ``DenseModel`` state dict and their width (None without blocks)."""
+    widths = {int(m.group(1)): int(v.shape[0]) for k, v in state_dict.items() if (m := _HEAD_BLOCK.fullmatch(k))}
+    return len(widths), widths.get(len(widths) - 1)
 
 
 def load_dense_checkpoint(path: str | Path) -> DenseCheckpoint:
     """Read the weights of a dense model from any of the forms predec writes.
+
+    A recipe or ``config.json`` recorded before the head options existed gets the head its model had then
+    (``head_kwargs={"convs": 0}``, :data:`predec.models.heads.LEGACY_HEAD`).
 
     Accepted: a ``predec train`` Lightning checkpoint (``.ckpt``; carries the recipe), a ``save_pretrained``
     directory (``config.json`` + ``model.safetensors``; carries the model settings), a ``.safetensors`` file (with
@@ -95,6 +109,9 @@ def load_dense_checkpoint(path: str | Path) -> DenseCheckpoint:
         )
     if any(k.startswith("model.") for k in state):
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    if config and isinstance(config.get("model"), dict) and "head_kwargs" not in config["model"]:
+        # a recipe recorded before the head options existed: its model had the head of that time
+        config = {**config, "model": {**config["model"], "head_kwargs": dict(LEGACY_HEAD)}}
     return DenseCheckpoint(
         path,
         state,
@@ -121,6 +138,16 @@ def load_state_checked(model: torch.nn.Module, checkpoint: DenseCheckpoint, desc
             f" Its ×Net Re-Shapes differ ({key} {tuple(saved.shape)} in the checkpoint, {tuple(built.shape)} in the "
             f"model): a ×Net trained before the default became 'bilinear' needs "
             f"model.decoder_kwargs.reshape={LEGACY_RESHAPE} in its recipe."
+        )
+    saved_head, built_head = _head_blocks(checkpoint.state_dict), _head_blocks(model.state_dict())
+    if "head.conv.weight" in checkpoint.state_dict and saved_head != built_head:
+        convs, width = saved_head
+        why = "its linear head (the head of every model trained before FPN's gained conv blocks)" if not convs else "it"
+        options = head_override({"convs": convs, "channels": width})
+        blocks = [f"{n} Conv3x3-BN-ReLU blocks" + (f" {w} wide" if n else "") for n, w in (saved_head, built_head)]
+        hint += (
+            f" Its head differs ({blocks[0]} in the checkpoint, {blocks[1]} in the model): {why} needs "
+            f"model.head_kwargs={options} in its recipe."
         )
     load_state(model, checkpoint.state_dict, part="model", origin=str(checkpoint.path), hint=hint)
 

@@ -23,7 +23,7 @@ from predec.models.decoders import DECODERS, build_decoder
 from predec.models.decoders.base import checks_enabled
 from predec.models.decoders.xnet import DEFAULT_RESHAPE, LEGACY_RESHAPE
 from predec.models.encoders import TimmBackbone, check_backbone_name
-from predec.models.heads import TASKS, build_head
+from predec.models.heads import HEAD_OPTIONS, LEGACY_HEAD, TASKS, build_head
 from predec.models.weights import HUB_PREFIX, WeightSpec, load_weights
 
 CONFIG_NAME = "config.json"
@@ -63,6 +63,10 @@ class DenseModel(
         min_depth: smallest depth in metres (depth only).
         in_chans: input channels.
         encoder_kwargs: extra keyword arguments for ``timm.create_model`` of the encoder (e.g. ``drop_path_rate``).
+        head_kwargs: task head options over the decoder's ``head_defaults``: ``convs`` (Conv3×3-BN-ReLU blocks
+            before the final conv) and ``channels`` (their width; None: the decoder output's). None or ``{}``: the
+            defaults (FPN: ``{"convs": 2, "channels": 128}``; the other architectures: ``convs=0``). The config
+            records the resolved options (:func:`head_options`).
         **decoder_kwargs: keyword arguments of the decoder class (JSON-serialisable, they go into the config).
 
     Attributes:
@@ -83,6 +87,7 @@ class DenseModel(
         min_depth: float = 0.0,
         in_chans: int = 3,
         encoder_kwargs: dict[str, Any] | None = None,
+        head_kwargs: dict[str, Any] | None = None,
         **decoder_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -94,7 +99,8 @@ class DenseModel(
             raise ValueError("task='segmentation' needs num_classes (the number of classes, e.g. 21 for VOC).")
         if task == "depth" and num_classes is not None:
             raise ValueError(f"num_classes={num_classes} is for task='segmentation'; task='depth' predicts one map.")
-        for name, value in {**(encoder_kwargs or {}), **decoder_kwargs}.items():
+        head = head_options(arch, head_kwargs)
+        for name, value in [*(encoder_kwargs or {}).items(), *decoder_kwargs.items(), *head.items()]:
             try:
                 json.dumps(value)
             except TypeError as err:
@@ -106,7 +112,8 @@ class DenseModel(
         self.arch = arch
         self.task = task
         self.in_chans = int(in_chans)
-        self._hub_mixin_config = {**(self._hub_mixin_config or {}), **recorded_options(arch, decoder_kwargs)}
+        recorded = {**recorded_options(arch, decoder_kwargs), "head_kwargs": head}
+        self._hub_mixin_config = {**(self._hub_mixin_config or {}), **recorded}
         self.encoder = TimmBackbone(encoder, in_chans=in_chans, **(encoder_kwargs or {}))
         if arch == "xnet":
             if decoder is None:
@@ -125,7 +132,7 @@ class DenseModel(
             )
         self.decoder = build_decoder(arch, self.encoder.channels, self.encoder.reductions, **decoder_kwargs)
         self.head = build_head(
-            task, self.decoder.out_channels, num_classes=num_classes, max_depth=max_depth, min_depth=min_depth
+            task, self.decoder.out_channels, num_classes=num_classes, max_depth=max_depth, min_depth=min_depth, **head
         )
         self._encoder_frozen = False
 
@@ -266,12 +273,49 @@ def recorded_options(arch: str | None, decoder_kwargs: Mapping[str, Any] | None)
     return options
 
 
+def head_options(arch: str | None, head_kwargs: Mapping[str, Any] | None, *, strict: bool = True) -> dict[str, Any]:
+    """The task head options of a model of ``arch``: ``HEAD_OPTIONS`` (``convs=0``, ``channels=None``), then the
+    decoder class's ``head_defaults`` (FPN: two 128-wide blocks), then ``head_kwargs``; ``channels`` is None when
+    ``convs`` is 0. This resolved dict is what a saved model records, so a later default cannot change what a saved
+    model is.
+
+    Args:
+        arch: architecture name (an unknown one gets no decoder defaults).
+        head_kwargs: the user's options (None or ``{}``: the defaults).
+        strict: refuse keys that are not head options (False: keep them, for comparing configs).
+
+    Raises:
+        ValueError: ``head_kwargs`` is not a dict, or names an unknown option (the valid ones listed).
+    """
+    if head_kwargs is not None and not isinstance(head_kwargs, Mapping):
+        raise ValueError(f"head_kwargs must be a dict of head options (convs, channels), got {head_kwargs!r}.")
+    options = dict(head_kwargs or {})
+    for name in options:
+        if strict and name not in HEAD_OPTIONS:
+            close = difflib.get_close_matches(str(name), list(HEAD_OPTIONS), n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"Unknown head option head_kwargs[{name!r}]={options[name]!r}; valid: {', '.join(HEAD_OPTIONS)}.{hint}"
+            )
+    decoder = DECODERS.get(arch) if isinstance(arch, str) else None
+    defaults = decoder.head_defaults if decoder is not None else {}
+    resolved = {**HEAD_OPTIONS, **defaults, **options}
+    if resolved.get("convs") == 0:
+        resolved["channels"] = None  # no blocks, no width: every linear head records the same options
+    return resolved
+
+
 def saved_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A saved ``DenseModel.config`` (``config.json``) as this version rebuilds it: a ×Net config written before
-    the Re-Shape mode was recorded gets the mode it was built with then (``LEGACY_RESHAPE``, ``"pixelshuffle"``)."""
+    """A saved ``DenseModel.config`` (``config.json``) as this version rebuilds it, with what configs written by
+    earlier versions left out filled in as those versions built it: a ×Net config without ``reshape`` gets
+    ``LEGACY_RESHAPE`` (``"pixelshuffle"``); a config without ``head_kwargs`` gets ``LEGACY_HEAD`` (``convs=0``:
+    the head was its final convolution alone)."""
+    config = dict(config)
     if config.get("arch") == "xnet" and "reshape" not in config:
-        return {**config, "reshape": LEGACY_RESHAPE}
-    return dict(config)
+        config["reshape"] = LEGACY_RESHAPE
+    if "head_kwargs" not in config:
+        config["head_kwargs"] = dict(LEGACY_HEAD)
+    return config
 
 
 def create_model(
@@ -286,6 +330,7 @@ def create_model(
     decoder_weights: WeightSpec = None,
     in_chans: int = 3,
     encoder_kwargs: dict[str, Any] | None = None,
+    head_kwargs: dict[str, Any] | None = None,
     **decoder_kwargs: Any,
 ) -> DenseModel:
     """Build a dense model and load its encoder and decoder weights.
@@ -303,6 +348,9 @@ def create_model(
             ×Net decoder backbone; a predec checkpoint (``decoder.*``/``teacher.decoder.*``) into the whole decoder.
         in_chans: input channels (pretrained 3-channel input convolutions are adapted as timm does).
         encoder_kwargs: extra ``timm.create_model`` keyword arguments of the encoder.
+        head_kwargs: task head options over the architecture's defaults: ``convs`` (Conv3×3-BN-ReLU blocks before
+            the final conv; FPN's default 2, the others' 0) and ``channels`` (their width; FPN's default 128, else
+            the decoder output's). Unknown keys are refused.
         **decoder_kwargs: options of the decoder class.
 
     Returns:
@@ -319,6 +367,7 @@ def create_model(
         min_depth=min_depth,
         in_chans=in_chans,
         encoder_kwargs=encoder_kwargs,
+        head_kwargs=head_kwargs,
         **decoder_kwargs,
     )
     load_weights(model.encoder, encoder_weights, part="encoder")

@@ -11,6 +11,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -68,8 +69,13 @@ class Decoder(nn.Module):
         level_channels: channels of each named level.
         level_reductions: stride of each named level.
         default_level: the level a single-level pre-training loss (DeCon-SL) attaches to.
+        head_defaults: class attribute, the task head options (``convs``, ``channels``; see
+            :mod:`predec.models.heads`) a model with this decoder gets unless ``head_kwargs`` says otherwise. Empty
+            (the default): the head is its final convolution alone. A decoder whose output is a linear function of
+            the encoder's features declares hidden head blocks here (FPN).
     """
 
+    head_defaults: ClassVar[dict[str, Any]] = {}
     out_channels: int
     out_reduction: int
     level_channels: dict[str, int]
