@@ -128,6 +128,8 @@ class TrainerConfig:
             metric by more than ``min_delta`` (needs ``monitor``; None: train all ``max_steps``).
         min_delta: the smallest change of the monitored metric that counts as an improvement.
         checkpoint_every_n_steps: write ``checkpoints/last.ckpt`` every N steps (None: only at the end).
+        snapshot_every_n_steps: also keep the weights of every N-th step as ``snapshots/step<N>.ckpt`` (weights
+            only, never removed by predec: e.g. to probe a pre-training run along the way); None: none.
         log_every_n_steps: logging interval.
         accumulate_grad_batches: gradient accumulation.
         deterministic: ask torch for deterministic algorithms.
@@ -147,6 +149,7 @@ class TrainerConfig:
     patience: int | None = None
     min_delta: float = 0.0
     checkpoint_every_n_steps: int | None = 500
+    snapshot_every_n_steps: int | None = None
     log_every_n_steps: int = 10
     accumulate_grad_batches: int = 1
     deterministic: bool = False
@@ -343,6 +346,7 @@ RUNTIME_KEYS: tuple[str, ...] = (
     "trainer.strategy",
     "trainer.progress_bar",
     "trainer.log_every_n_steps",
+    "trainer.snapshot_every_n_steps",
     "data.num_workers",
 )
 """Keys of a recipe (dense or pre-training) that may change when an interrupted run is resumed: where and how

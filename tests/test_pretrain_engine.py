@@ -536,3 +536,31 @@ def test_the_optimiser_receives_the_gradient_of_both_views(tmp_path):
     assert expected.keys() == probe.grads.keys()
     for name, grad in expected.items():
         torch.testing.assert_close(probe.grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_snapshots_keep_the_weights_of_every_nth_step_and_load_as_weights(tmp_path):
+    """trainer.snapshot_every_n_steps keeps snapshots/step<N>.ckpt (weights only) after the run; each loads as the
+    encoder and decoder weights of a dense model (the teacher part), and the last one equals the run's final
+    weights."""
+    config = tiny_config("pretrain/synth_decon_ml", "trainer.snapshot_every_n_steps=4", steps=8)
+    result = run_pretraining(config, tmp_path / "run")
+    snapshots = sorted((tmp_path / "run" / "snapshots").glob("step*.ckpt"))
+    assert [p.name for p in snapshots] == ["step00000004.ckpt", "step00000008.ckpt"]
+    first, last = (read_checkpoint(p) for p in snapshots)
+    assert first["global_step"] == 4 and "optimizer_states" not in first
+    final = safetensors.torch.load_file(result.metrics["weights"])
+    for key, value in final.items():
+        assert torch.equal(last["state_dict"][key], value), key
+    assert any(not torch.equal(first["state_dict"][k], v) for k, v in final.items() if k.startswith("teacher."))
+    model = predec.create_model(
+        "fpn",
+        encoder="test_resnet",
+        task="segmentation",
+        num_classes=3,
+        encoder_weights=str(snapshots[0]),
+        decoder_weights=str(snapshots[0]),
+        **dict(config.model.decoder_kwargs, skip_dropout=0.0),
+    )
+    teacher = _part(first["state_dict"], "teacher.encoder.")
+    assert teacher and teacher.keys() <= model.encoder.state_dict().keys()
+    assert all(torch.equal(model.encoder.state_dict()[k], v) for k, v in teacher.items())

@@ -8,6 +8,7 @@ Layout::
       status.json          {"state": "running" | "finished" | "failed", "step": ..., "message": ...}
       metrics.json         final evaluation metrics
       checkpoints/last.ckpt  the newest checkpoint (+ last.ckpt.sha256; the one before: last.previous.ckpt)
+      snapshots/step<N>.ckpt weights of every N-th step (``trainer.snapshot_every_n_steps``), kept after the run
       logs/                tensorboard/ events, csv/metrics.csv (csv/resumed_step<N>/metrics.csv after a resume)
       model/               the trained model as save_pretrained writes it (config.json + model.safetensors)
 
@@ -86,6 +87,10 @@ class RunDir:
     @property
     def model_dir(self) -> Path:
         return self.root / "model"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
 
     @property
     def lock_path(self) -> Path:

@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from predec.config import ConfigError, OptimConfig, ScheduleConfig, TrainerConfig
@@ -140,7 +140,8 @@ def build_trainer(
 ) -> L.Trainer:
     """A ``lightning.Trainer`` for ``config``.
 
-    Training adds: ``checkpoints/last.ckpt`` every ``checkpoint_every_n_steps`` (atomic writes), RNG states in
+    Training adds: ``checkpoints/last.ckpt`` every ``checkpoint_every_n_steps`` (atomic writes; written again after
+    a validation of the same step), ``snapshots/step<N>.ckpt`` every ``snapshot_every_n_steps``, RNG states in
     checkpoints, the non-finite gradient guard, TensorBoard + CSV loggers under ``logs/`` and a learning-rate
     monitor (``logs/tensorboard/``, ``logs/csv/metrics.csv``). Evaluation (``training=False``) logs nothing to disk and
     writes no checkpoint.
@@ -171,6 +172,19 @@ def build_trainer(
                     save_on_train_epoch_end=False,
                 )
             )
+            if config.snapshot_every_n_steps:
+                all_callbacks.append(
+                    ModelCheckpoint(
+                        dirpath=run_dir.snapshots,
+                        filename="step{step:08d}",
+                        auto_insert_metric_name=False,
+                        save_top_k=-1,
+                        save_weights_only=True,
+                        enable_version_counter=False,
+                        every_n_train_steps=config.snapshot_every_n_steps,
+                        save_on_train_epoch_end=False,
+                    )
+                )
             loggers = [
                 TensorBoardLogger(save_dir=str(run_dir.logs), name="tensorboard", version="", default_hp_metric=False),
                 CSVLogger(save_dir=str(run_dir.logs), name="csv", version=csv_version),
