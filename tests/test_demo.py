@@ -114,6 +114,89 @@ def test_bad_settings_are_refused_with_the_key():
         load_demo_config("quick", ["finetune.image_size=[80,80]"])
 
 
+def test_seeds_and_steps_per_variant_and_label_budget(tmp_path):
+    """Variants of a decisive comparison get finetune.seeds, the others reference_seeds; max_steps per budget; model
+    selection and test scenes reach every stage's recipe."""
+    from predec.demo.stages import finetune_config
+
+    config = load_demo_config(
+        "quick",
+        [
+            "finetune.tasks=[depth]",
+            "finetune.variants=[xnet_pt_dec,xnet_rand_dec,fpn_pt_enc,fpn_scratch]",
+            "finetune.seeds=[0,1,2]",
+            "finetune.reference_seeds=[7]",
+            "finetune.num_train=[16,32]",
+            "finetune.max_steps={16: 40, 32: 80}",
+            "finetune.val_every_n_steps=20",
+            "finetune.patience=2",
+            "finetune.num_test=12",
+            "finetune.scene_options={camera_height: [1.3, 1.3]}",
+        ],
+    )
+    stages = {s.name: s for s in plan(config)}
+    names = sorted(n.rsplit("/", 3)[1] + "/" + n.rsplit("/", 2)[1] + "/" + n.rsplit("/", 1)[1] for n in stages)
+    assert names == sorted(
+        [f"{v}/n{n}/seed{k}" for v in ("xnet_pt_dec", "xnet_rand_dec") for n in (16, 32) for k in (0, 1, 2)]
+        + [f"{v}/n{n}/seed7" for v in ("fpn_pt_enc", "fpn_scratch") for n in (16, 32)]
+    )
+    stage = stages["finetune/depth/fpn_pt_enc/n32/seed7"]
+    recipe = finetune_config(stage.spec, stage.spec["weights"], tmp_path / "run", False)
+    assert recipe.trainer.max_steps == 80
+    assert stages["finetune/depth/fpn_pt_enc/n16/seed7"].spec["settings"]["max_steps"] == 40
+    assert (recipe.trainer.val_every_n_steps, recipe.trainer.monitor, recipe.trainer.patience) == (20, "auto", 2)
+    assert (recipe.data.test_split, recipe.data.num_test, recipe.data.num_val) == ("test", 12, 16)
+    assert recipe.data.reader_kwargs == {"camera_height": [1.3, 1.3]}
+    with pytest.raises(ConfigError, match=r"one per label budget of finetune\.num_train=\[32\]"):
+        load_demo_config("quick", ["finetune.max_steps={16: 40}"])
+    with pytest.raises(ConfigError, match=r"finetune\.patience needs finetune\.val_every_n_steps"):
+        load_demo_config("quick", ["finetune.patience=3"])
+
+
+def test_flattened_compares_the_tail_with_the_best_before():
+    from predec.demo.results import flattened
+
+    rising = {str(s): {"val/mIoU": 0.1 + 0.01 * s / 10} for s in range(10, 110, 10)}  # +10 % in the last fifth
+    assert flattened(rising, "val/mIoU", "max")["flat"] is False
+    flat = {str(s): {"val/mIoU": 0.5 + (0.001 if s > 80 else 0.0)} for s in range(10, 110, 10)}  # +0.2 %
+    result = flattened(flat, "val/mIoU", "max")
+    assert result["flat"] is True and result["relative_gain"] == pytest.approx(0.002)
+    falling = {str(s): {"val/abs_rel": 0.3 - 0.001 * s} for s in range(10, 110, 10)}  # AbsRel still dropping
+    assert flattened(falling, "val/abs_rel", "min")["flat"] is False
+    assert flattened({"10": {"val/mIoU": 0.2}}, "val/mIoU", "max")["flat"] is None
+
+
+def test_selection_test_split_and_probe_stages_end_to_end(tmp_path):
+    """A demo whose runs select their weights on validation scenes, report test scenes, and probe the frozen
+    pre-trained decoders: the stage records and results.json carry the selection, the validation curve and the probe,
+    and the report draws the validation curves."""
+    overrides = [
+        *TINY,
+        "finetune.max_steps=6",
+        "finetune.val_every_n_steps=2",
+        "finetune.num_test=8",
+        "probe.variants=[fpn_pt_enc,fpn_scratch]",
+        "probe.num_train=16",
+        "probe.seeds=[0,1]",
+        "probe.epochs=2",
+    ]
+    results = Demo(load_demo_config("quick", overrides), tmp_path, echo=lambda _: None).run()
+    run = results["variants"]["segmentation"]["fpn_pt_enc"]["budgets"]["16"]
+    selection = run["selection"]["0"]
+    assert selection["monitor"] == "val/mIoU" and selection["step"] in (2, 4, 6) and selection["last_step"] == 6
+    assert "flat" in selection["flattened"]
+    outputs = results["stages"]["finetune/segmentation/fpn_pt_enc/n16/seed0"]["outputs"]
+    assert sorted(outputs["val_history"], key=int) == ["2", "4", "6"] and outputs["train_curve"]
+    assert outputs["metrics"]["mIoU"] != outputs["val_metrics"]["mIoU"]  # test scenes, not the validation ones
+    probe = results["probe"]["segmentation"]
+    assert set(probe["variants"]) == {"fpn_pt_enc", "fpn_scratch"} and probe["num_train"] == 16
+    assert all(len(v["per_seed"]) == 2 for v in probe["variants"].values())
+    assert [c["a"] for c in probe["comparisons"]][:1] == ["fpn_pt_enc"]
+    report = (tmp_path / "report.md").read_text()
+    assert "Frozen-feature probe, segmentation" in report and "step chosen" in report
+    assert (tmp_path / "validation_segmentation.png").is_file()
+
+
 def test_the_settings_defaults_are_the_shipped_full_settings():
     assert load_demo_config("full") == DemoConfig()
 
@@ -217,7 +300,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert code == 0, failed
     assert all(n.startswith("finetune/") for n in results["stages"])
     for task, metrics in TASK_METRICS.items():
-        for name in VARIANT_NAMES:
+        for name in load_demo_config("quick").finetune.variants:
             entry = results["variants"][task][name]["budgets"]["32"]
             assert entry["state"] == "ok"
             assert set(entry["mean"]) == set(metrics)

@@ -12,7 +12,7 @@ from typing import Any
 
 from predec.atomic import atomic_write_text
 from predec.demo.settings import TASK_METRICS, finetune_stage_name, labelled_seed
-from predec.engine.run_dir import read_csv_metric, write_json
+from predec.engine.run_dir import write_json
 
 METRIC_LABELS: dict[str, str] = {
     "mIoU": "mIoU ↑",
@@ -71,18 +71,38 @@ def _budgets(results: dict[str, Any]) -> list[str]:
 
 
 def variant_rows(results: dict[str, Any], task: str, budget: str) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the per-variant table of ``task`` at label budget ``budget`` (mean ± std over seeds)."""
+    """Headers and rows of the per-variant table of ``task`` at label budget ``budget`` (mean ± std over seeds;
+    with model selection, the mean step chosen and how many runs' validation curves flattened)."""
     metrics = TASK_METRICS[task]
-    headers = ["variant", "description", *(METRIC_LABELS[m] for m in metrics), "seeds", "state"]
+    entries = {name: v["budgets"][budget] for name, v in results["variants"][task].items()}
+    selected = any(e.get("selection") for e in entries.values())
+    headers = ["variant", "description", *(METRIC_LABELS[m] for m in metrics), "seeds"]
+    headers += ["step chosen", "flattened"] if selected else []
+    headers.append("state")
     rows = []
     for name, variant in results["variants"][task].items():
-        entry = variant["budgets"][budget]
+        entry = entries[name]
         cells = [format_mean_std(entry["mean"].get(m), entry["std"].get(m)) for m in metrics]
         state = entry["state"]
         if entry["errors"]:
             state += f" ({_shorten(next(iter(entry['errors'].values())), 100)})"
-        rows.append([name, variant["description"], *cells, str(len(entry["per_seed"])), state])
+        row = [name, variant["description"], *cells, str(len(entry["per_seed"]))]
+        if selected:
+            row += selection_cells(entry.get("selection") or {})
+        rows.append([*row, state])
     return headers, rows
+
+
+def selection_cells(selection: dict[str, dict[str, Any]]) -> list[str]:
+    """``[chosen step (mean of seeds, of the runs' last steps), flattened runs / runs]`` of a variant's runs."""
+    if not selection:
+        return ["—", "—"]
+    chosen = sum(s["step"] for s in selection.values()) / len(selection)
+    last = sum(s["last_step"] for s in selection.values()) / len(selection)
+    early = sum(bool(s.get("early_stopped")) for s in selection.values())
+    flat = sum(bool(s.get("early_stopped")) or bool(s["flattened"].get("flat")) for s in selection.values())
+    stopped = f", {early} stopped early" if early else ""
+    return [f"{chosen:.0f} of {last:.0f}{stopped}", f"{flat}/{len(selection)}"]
 
 
 def per_class_rows(results: dict[str, Any], budget: str) -> tuple[list[str], list[list[str]]]:
@@ -109,12 +129,12 @@ def weight_change_rows(results: dict[str, Any], budget: str) -> tuple[list[str],
     return headers, rows
 
 
-def comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the decisive comparisons."""
+def comparison_rows(comparisons: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of comparisons (``results["comparisons"]`` or a probe's); context comparisons marked."""
     headers = ["task", "labels", "comparison (a vs b)", "metric", "a", "b", "Δ = a − b", "2 × pooled std", "verdict"]
     rows = []
-    for c in results["comparisons"]:
-        pair = f"{c['a']} vs {c['b']}"
+    for c in comparisons:
+        pair = f"{c['a']} vs {c['b']}" + ("" if c.get("decisive", True) else " (context)")
         if "missing" in c:
             verdict = f"not measured ({', '.join(c['missing'])} failed)"
             rows.append([c["task"], c["num_train"], pair, c["metric"], "—", "—", "—", "—", verdict])
@@ -137,9 +157,7 @@ def summary_table(results: dict[str, Any]) -> str:
     for task in results["variants"]:
         for budget in _budgets(results):
             headers, rows = variant_rows(results, task, budget)
-            parts.append(
-                f"{task}, {budget} labelled scenes (mean ± std over seeds {results['settings']['finetune']['seeds']}):"
-            )
+            parts.append(f"{task}, {budget} labelled scenes (mean ± std over seeds):")
             parts.append(markdown_table(headers, rows))
     return "\n\n".join(parts)
 
@@ -177,11 +195,83 @@ def zoo_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def report_markdown(results: dict[str, Any], figures: Sequence[Path] = ()) -> str:
-    """``report.md``: settings, the zoo entries used, per-variant metrics per label budget, comparisons, per-class
-    IoU, weight changes, failures, timings, figures."""
+def settings_lines(results: dict[str, Any]) -> list[str]:
+    """The report's settings bullets: weights, data, steps, model selection, seeds, probe, noise rule."""
     s = results["settings"]
     ft = s["finetune"]
+    steps = ft["max_steps"]
+    steps_text = (
+        f"{steps} steps" if isinstance(steps, int) else ", ".join(f"{v} steps at {k} labels" for k, v in steps.items())
+    )
+    held_out = (
+        f"{ft['num_val']} validation scenes (model selection) and {ft['num_test']} test scenes (every number below "
+        "unless marked otherwise)"
+        if ft.get("num_test")
+        else f"{ft['num_val']} held-out scenes"
+    )
+    if ft.get("val_every_n_steps"):
+        selection = (
+            f"validated every {ft['val_every_n_steps']} steps on the task's main metric (mIoU, AbsRel); each run ends "
+            "with its best validation's weights"
+            + (f" and stops after {ft['patience']} validations without improvement" if ft.get("patience") else "")
+        )
+    else:
+        selection = "each run ends with its last weights"
+    seeds = f"seeds {ft['seeds']}" + (
+        f" for the variants of a decisive comparison, {ft['reference_seeds']} for the others"
+        if ft.get("reference_seeds") is not None
+        else ""
+    )
+    scenes = f", scenes rendered with {ft['scene_options']}" if ft.get("scene_options") else ""
+    lines = [
+        "- Pre-trained weights: "
+        + (
+            "rebuilt by this run from the zoo's recipes (`--from-scratch`)."
+            if results.get("from_scratch")
+            else "predec's model zoo, loaded by name and sha256-checked (no pre-training ran)."
+        ),
+        f"- Fine-tuning: label budgets {ft['num_train']} labelled scenes (nested: the first N of one set), "
+        f"{ft['image_size'][0]}×{ft['image_size'][1]} px{scenes}; {held_out}; {steps_text} × batch "
+        f"{ft['batch_size']}, AdamW lr {ft['lr']} (poly decay); {selection}; {seeds} (model init and data order; the "
+        "data are the same)" + (f"; overrides {ft['overrides']}" if ft["overrides"] else "") + ".",
+    ]
+    probe = s.get("probe") or {}
+    if probe.get("variants"):
+        lines.append(
+            f"- Frozen-feature probe: encoder and decoder as pre-trained (random parts random), frozen; a 1×1 "
+            f"classifier / linear depth head on the decoder's output trained on {probe['num_train']} labelled scenes "
+            f"({probe['epochs']} epochs, AdamW lr {probe['lr']}, cosine), scored on the held-out scenes; seeds "
+            f"{probe['seeds']}."
+        )
+    lines.append(f"- Noise rule: a difference exceeds the noise if {results['noise_rule']}.")
+    return lines
+
+
+def probe_rows(results: dict[str, Any], task: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the probe of ``task`` (mean ± std over seeds; training-set fit and convergence)."""
+    metrics = TASK_METRICS[task]
+    headers = ["variant", "description", *(METRIC_LABELS[m] for m in metrics), "seeds", "probe converged", "state"]
+    rows = []
+    for name, entry in results["probe"][task]["variants"].items():
+        cells = [format_mean_std(entry["mean"].get(m), entry["std"].get(m)) for m in metrics]
+        fits = [r["outputs"]["fit"] for r in _probe_records(results, task, name)]
+        converged = f"{sum(bool(f.get('converged')) for f in fits)}/{len(fits)}" if fits else "—"
+        state = entry["state"]
+        if entry["errors"]:
+            state += f" ({_shorten(next(iter(entry['errors'].values())), 100)})"
+        rows.append([name, entry["description"], *cells, str(len(entry["per_seed"])), converged, state])
+    return headers, rows
+
+
+def _probe_records(results: dict[str, Any], task: str, name: str) -> list[dict[str, Any]]:
+    prefix = f"probe/{task}/{name}/"
+    return [r for n, r in results["stages"].items() if n.startswith(prefix) and r["state"] in ("done", "cached")]
+
+
+def report_markdown(results: dict[str, Any], figures: Sequence[Path] = ()) -> str:
+    """``report.md``: settings, the zoo entries used, per-variant metrics per label budget, comparisons, the probe,
+    per-class IoU, weight changes, failures, timings, figures."""
+    s = results["settings"]
     machine = results["machine"]
     command = "predec demo" + {"quick": " --quick", "benchmark": " --benchmark"}.get(results["demo"], "")
     command += " --from-scratch" if results.get("from_scratch") else ""
@@ -195,17 +285,7 @@ def report_markdown(results: dict[str, Any], figures: Sequence[Path] = ()) -> st
         "",
         "## Settings",
         "",
-        "- Pre-trained weights: "
-        + (
-            "rebuilt by this run from the zoo's recipes (`--from-scratch`)."
-            if results.get("from_scratch")
-            else "predec's model zoo, loaded by name and sha256-checked (no pre-training ran)."
-        ),
-        f"- Fine-tuning: label budgets {ft['num_train']} labelled scenes (nested: the first N of one set), evaluated "
-        f"on {ft['num_val']} held-out scenes, {ft['image_size'][0]}×{ft['image_size'][1]} px, {ft['max_steps']} steps "
-        f"× batch {ft['batch_size']}, AdamW lr {ft['lr']} (poly decay), seeds {ft['seeds']} (model init and data "
-        "order; the data are the same)" + (f", overrides {ft['overrides']}" if ft["overrides"] else "") + ".",
-        f"- Noise rule: a difference exceeds the noise if {results['noise_rule']}.",
+        *settings_lines(results),
         "",
         "## Pre-trained weights",
         "",
@@ -217,9 +297,22 @@ def report_markdown(results: dict[str, Any], figures: Sequence[Path] = ()) -> st
             headers, rows = variant_rows(results, task, budget)
             lines += [f"## {task.capitalize()}, {budget} labelled scenes: mean ± std over seeds", ""]
             lines += [markdown_table(headers, rows), ""]
-    lines += ["## Decisive comparisons", "", f"Rule: {results['noise_rule']}.", ""]
-    headers, rows = comparison_rows(results)
+    lines += ["## Comparisons", "", f"Rule: {results['noise_rule']}.", ""]
+    headers, rows = comparison_rows(results["comparisons"])
     lines += [markdown_table(headers, rows), ""]
+    for task, probe in (results.get("probe") or {}).items():
+        lines += [
+            f"## Frozen-feature probe, {task} ({probe['num_train']} labelled scenes): mean ± std over seeds",
+            "",
+            "Encoder and decoder frozen as pre-trained; only a linear map on the decoder's output is trained. What "
+            "pre-training put into the decoder, without fine-tuning washing it out.",
+            "",
+        ]
+        headers, rows = probe_rows(results, task)
+        lines += [markdown_table(headers, rows), ""]
+        if probe["comparisons"]:
+            headers, rows = comparison_rows(probe["comparisons"])
+            lines += [markdown_table(headers, rows), ""]
     for budget in _budgets(results):
         headers, rows = per_class_rows(results, budget)
         if rows:
@@ -247,10 +340,12 @@ def report_markdown(results: dict[str, Any], figures: Sequence[Path] = ()) -> st
         lines += [markdown_table(["stage", "state", "error"], rows), ""]
     lines += ["## Timings per stage", ""]
     rows = [[n, r["state"], _seconds(r.get("seconds"))] for n, r in results["stages"].items()]
+    total = sum(r.get("seconds") or 0.0 for r in results["stages"].values())
     lines += [
         markdown_table(["stage", "state", "time"], rows),
         "",
-        "(cached stages show the time of the run that made them.)",
+        f"Sum of the stage times: {total:.0f} s ({total / 3600:.2f} h of one worker). (Cached stages show the time of "
+        "the run that made them.)",
         "",
     ]
     if figures:
@@ -316,14 +411,14 @@ def prediction_grid(
     return path
 
 
-def training_curves(curves: dict[str, list[Path]], path: Path, title: str, column: str = "train/loss") -> Path:
-    """PNG of ``column`` against the step, one colour per variant, one line per seed.
+def training_curves(curves: dict[str, list[list[list[float]]]], path: Path, title: str, ylabel: str) -> Path:
+    """PNG of the training loss against the step, one colour per variant, one line per seed.
 
     Args:
-        curves: variant name → CSV logs (``metrics.csv``) of its seeds.
+        curves: variant name → one ``[[step, loss], ...]`` curve per seed (the stages' ``train_curve``).
         path: PNG file to write.
         title: figure title.
-        column: the logged quantity.
+        ylabel: what the loss is.
     """
     import matplotlib
 
@@ -332,16 +427,62 @@ def training_curves(curves: dict[str, list[Path]], path: Path, title: str, colum
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     colors = plt.get_cmap("tab10")
-    for i, (name, files) in enumerate(curves.items()):
-        for j, file in enumerate(files):
-            steps, values = read_csv_metric(file, column)
-            if steps:
+    for i, (name, runs) in enumerate(curves.items()):
+        for j, curve in enumerate(runs):
+            if curve:
+                steps, values = zip(*curve)
                 ax.plot(steps, values, color=colors(i % 10), alpha=0.8, lw=1, label=name if j == 0 else None)
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel(column)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def validation_curves(results: dict[str, Any], task: str, path: Path) -> Path | None:
+    """PNG: the monitored validation metric against the step, one panel per label budget, one colour per variant,
+    one line per seed, the chosen step of each run marked with a dot. None when no run was validated along the way."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = _budgets(results)
+    runs: dict[str, dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {b: {} for b in budgets}
+    for name in results["variants"][task]:
+        for budget in budgets:
+            for seed in results["variants"][task][name].get("seeds", results["settings"]["finetune"]["seeds"]):
+                record = results["stages"].get(finetune_stage_name(task, name, int(budget), seed), {})
+                outputs = record.get("outputs") or {}
+                if record.get("state") in ("done", "cached") and outputs.get("selection"):
+                    runs[budget].setdefault(name, []).append((outputs["val_history"], outputs["selection"]))
+    if not any(runs.values()):
+        return None
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.6), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    names = list(results["variants"][task])
+    monitor = ""
+    for ax, budget in zip(axes[0], budgets):
+        for name, seeds in runs[budget].items():
+            color = colors(names.index(name) % 10)
+            for j, (history, selection) in enumerate(seeds):
+                monitor = selection["monitor"]
+                points = sorted((int(k), v[monitor]) for k, v in history.items() if monitor in v)
+                if points:
+                    steps, values = zip(*points)
+                    ax.plot(steps, values, color=color, lw=0.9, alpha=0.75, label=name if j == 0 else None)
+                    ax.plot([selection["step"]], [selection["score"]], "o", color=color, ms=3)
+        ax.set_title(f"{budget} labelled scenes", fontsize=9)
+        ax.set_xlabel("optimiser step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"validation {monitor.removeprefix('val/')}")
+    axes[0][-1].legend(fontsize=6, ncol=1)
+    fig.suptitle(f"{task}: validation curves (dot: the step each run ends with)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -372,9 +513,7 @@ def label_efficiency(results: dict[str, Any], task: str, metric: str, path: Path
     ax.set_xticks(budgets, [str(n) for n in budgets])
     ax.set_xlabel("labelled training scenes")
     ax.set_ylabel(METRIC_LABELS[metric])
-    ax.set_title(
-        f"{task}: {metric} vs labels (mean ± std over seeds {results['settings']['finetune']['seeds']})", fontsize=9
-    )
+    ax.set_title(f"{task}: {metric} vs labels (mean ± std over seeds)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -386,35 +525,38 @@ def label_efficiency(results: dict[str, Any], task: str, metric: str, path: Path
 
 def demo_figures(results: dict[str, Any], out: Path) -> list[Path]:
     """Prediction grids and training curves of every task (largest label budget, the variants that produced them),
-    and the label-efficiency curves when several budgets ran."""
+    validation curves (runs that selected their weights), and the label-efficiency curves when several budgets
+    ran."""
     import numpy as np
 
     from predec.data.synthetic import SynthScenes
 
     ft = results["settings"]["finetune"]
-    seeds = ft["seeds"]
     budget = int(_budgets(results)[-1])
     paths = []
     for task, entries in results["variants"].items():
         predictions, curves = {}, {}
-        for name in entries:
-            files = []
-            for seed in seeds:
+        for name, entry in entries.items():
+            runs = []
+            for seed in entry.get("seeds", ft["seeds"]):
                 record = results["stages"].get(finetune_stage_name(task, name, budget, seed), {})
-                out_files = record.get("outputs") or {}
+                outputs = record.get("outputs") or {}
                 if record.get("state") not in ("done", "cached"):
                     continue
-                if out_files.get("csv") and Path(out_files["csv"]).is_file():
-                    files.append(Path(out_files["csv"]))
-                file = Path(out_files.get("predictions") or "")
+                runs.append(outputs.get("train_curve") or [])
+                file = Path(outputs.get("predictions") or "")
                 if name not in predictions and file.is_file():
                     predictions[name] = np.load(file)["prediction"]
-            if files:
-                curves[name] = files
+            if runs:
+                curves[name] = runs
         if predictions:
             count = min(len(p) for p in predictions.values())
+            held_out = 2 if ft.get("num_test") else 1  # the test scenes (seed + 2), else the validation scenes
             scenes = SynthScenes(
-                count, size=tuple(ft["image_size"]), seed=labelled_seed(results["settings"]["data_seed"]) + 1
+                count,
+                size=tuple(ft["image_size"]),
+                seed=labelled_seed(results["settings"]["data_seed"]) + held_out,
+                **(ft.get("scene_options") or {}),
             )
             raws = [scenes.raw(i) for i in range(count)]
             targets = [r.labels if task == "segmentation" else r.depth for r in raws]
@@ -422,8 +564,11 @@ def demo_figures(results: dict[str, Any], out: Path) -> list[Path]:
             paths.append(prediction_grid([r.image for r in raws], targets, grid, task, out / f"predictions_{task}.png"))
         if curves:
             loss = "cross-entropy" if task == "segmentation" else "SILog"
-            title = f"{task}: training loss ({loss}), {budget} labelled scenes"
-            paths.append(training_curves(curves, out / f"curves_{task}.png", title))
+            title = f"{task}: training loss, {budget} labelled scenes"
+            paths.append(training_curves(curves, out / f"curves_{task}.png", title, loss))
+        validation = validation_curves(results, task, out / f"validation_{task}.png")
+        if validation is not None:
+            paths.append(validation)
         if len(ft["num_train"]) > 1:
             for metric in TASK_METRICS[task][:1]:
                 paths.append(label_efficiency(results, task, metric, out / f"labels_{task}_{metric}.png"))

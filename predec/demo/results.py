@@ -16,6 +16,7 @@ from predec.demo.settings import (
     TASK_METRICS,
     DemoConfig,
     finetune_stage_name,
+    probe_stage_name,
     variant,
 )
 from predec.demo.stages import Stage
@@ -95,7 +96,73 @@ def _budget_entry(records: dict[str, dict[str, Any]], task: str) -> dict[str, An
     changes = [out["weight_change"] for out in extra.values() if out.get("weight_change")]
     if changes:
         entry["weight_change"] = {k: sum(c[k] for c in changes) / len(changes) for k in changes[0]}
+    selections = {seed: out["selection"] for seed, out in extra.items() if out.get("selection")}
+    if selections:
+        entry["selection"] = {
+            seed: {**sel, "flattened": flattened(extra[seed].get("val_history", {}), sel["monitor"], sel["mode"])}
+            for seed, sel in selections.items()
+        }
     return entry
+
+
+CONVERGED_TAIL = 0.2
+"""The last fraction of a run whose validation gain tells whether it has flattened."""
+CONVERGED_GAIN = 0.01
+"""A run has flattened if its last :data:`CONVERGED_TAIL` improved the monitored metric by less than this, relative."""
+
+
+def flattened(history: dict[str, dict[str, float]], monitor: str, mode: str) -> dict[str, Any]:
+    """Has a run's validation curve flattened? The best value of the last :data:`CONVERGED_TAIL` of its steps against
+    the best before them: a relative gain below :data:`CONVERGED_GAIN` (or none) is flat.
+
+    Args:
+        history: ``{step: {metric: value}}`` (steps as strings, as in ``metrics.json``).
+        monitor: the metric (``val/mIoU``).
+        mode: ``max`` or ``min``.
+
+    Returns:
+        ``{"tail_from_step", "best_before", "best_in_tail", "relative_gain", "flat"}`` (``flat`` None when the run
+        has fewer than two validations before its tail).
+    """
+    points = sorted((int(k), v[monitor]) for k, v in history.items() if monitor in v)
+    if not points:
+        return {"flat": None}
+    last = points[-1][0]
+    start = last * (1 - CONVERGED_TAIL)
+    before = [v for step, v in points if step <= start]
+    tail = [v for step, v in points if step > start]
+    if len(before) < 2 or not tail:
+        return {"tail_from_step": start, "flat": None}
+    best = max if mode == "max" else min
+    best_before, best_tail = best(before), best(tail)
+    sign = 1.0 if mode == "max" else -1.0
+    gain = sign * (best_tail - best_before) / abs(best_before) if best_before else 0.0
+    return {
+        "tail_from_step": start,
+        "best_before": best_before,
+        "best_in_tail": best_tail,
+        "relative_gain": gain,
+        "flat": gain < CONVERGED_GAIN,
+    }
+
+
+def _comparison_rows(
+    task: str, budget: Any, comparison: Any, entry_a: dict[str, Any], entry_b: dict[str, Any]
+) -> list[dict[str, Any]]:
+    rows = []
+    for metric in TASK_METRICS[task]:
+        va = [m[metric] for m in entry_a["per_seed"].values()]
+        vb = [m[metric] for m in entry_b["per_seed"].values()]
+        row = {"task": task, "num_train": budget, "a": comparison.a, "b": comparison.b}
+        row |= {"question": comparison.question, "decisive": comparison.decisive, "metric": metric}
+        if va and vb:
+            row.update(compare(va, vb))
+            row["a_better"] = (row["delta"] > 0) == HIGHER_IS_BETTER[metric] if row["delta"] else None
+        else:
+            row["exceeds_noise"] = None
+            row["missing"] = [n for n, v in ((comparison.a, va), (comparison.b, vb)) if not v]
+        rows.append(row)
+    return rows
 
 
 def collect_results(
@@ -142,30 +209,34 @@ def collect_results(
             budgets = {}
             for num_train in ft.num_train:
                 records = {
-                    str(seed): stage_records[finetune_stage_name(task, name, num_train, seed)] for seed in ft.seeds
+                    str(seed): stage_records[finetune_stage_name(task, name, num_train, seed)]
+                    for seed in ft.seeds_of(name)
                 }
                 budgets[str(num_train)] = _budget_entry(records, task)
-            variants[task][name] = {"description": variant(name).description, "budgets": budgets}
+            variants[task][name] = {
+                "description": variant(name).description,
+                "seeds": ft.seeds_of(name),
+                "budgets": budgets,
+            }
     comparisons = []
     for task in ft.tasks:
         for num_train in ft.num_train:
-            for a, b, question in COMPARISONS:
-                if a not in variants[task] or b not in variants[task]:
-                    continue
-                entry_a = variants[task][a]["budgets"][str(num_train)]
-                entry_b = variants[task][b]["budgets"][str(num_train)]
-                for metric in TASK_METRICS[task]:
-                    va = [m[metric] for m in entry_a["per_seed"].values()]
-                    vb = [m[metric] for m in entry_b["per_seed"].values()]
-                    row = {"task": task, "num_train": num_train, "a": a, "b": b, "question": question}
-                    row["metric"] = metric
-                    if va and vb:
-                        row.update(compare(va, vb))
-                        row["a_better"] = (row["delta"] > 0) == HIGHER_IS_BETTER[metric] if row["delta"] else None
-                    else:
-                        row["exceeds_noise"] = None
-                        row["missing"] = [n for n, v in ((a, va), (b, vb)) if not v]
-                    comparisons.append(row)
+            for c in COMPARISONS:
+                if c.a in variants[task] and c.b in variants[task]:
+                    entries = (variants[task][n]["budgets"][str(num_train)] for n in (c.a, c.b))
+                    comparisons += _comparison_rows(task, num_train, c, *entries)
+    probe: dict[str, Any] = {}
+    pr = config.probe
+    for task in ft.tasks if pr.variants else ():
+        probed = {}
+        for name in pr.variants:
+            records = {str(seed): stage_records[probe_stage_name(task, name, pr.num_train, seed)] for seed in pr.seeds}
+            probed[name] = {"description": variant(name).description, **_budget_entry(records, task)}
+        rows = []
+        for c in COMPARISONS:
+            if c.a in probed and c.b in probed:
+                rows += _comparison_rows(task, pr.num_train, c, probed[c.a], probed[c.b])
+        probe[task] = {"num_train": pr.num_train, "variants": probed, "comparisons": rows}
     return {
         "demo": config.name,
         "from_scratch": from_scratch,
@@ -183,7 +254,8 @@ def collect_results(
         "zoo": zoo or {},
         "variants": variants,
         "comparisons": comparisons,
+        "probe": probe,
     }
 
 
-__all__ = ["CACHED", "DONE", "FAILED", "SKIPPED", "collect_results", "compare", "mean_std"]
+__all__ = ["CACHED", "DONE", "FAILED", "SKIPPED", "collect_results", "compare", "flattened", "mean_std"]

@@ -16,7 +16,10 @@ from predec.config import ConfigError, load_config
 TASKS: tuple[str, ...] = ("segmentation", "depth")
 CLASSIFICATION = "classification"
 SSL_METHODS: tuple[str, ...] = ("slotcon", "decon-sl", "decon-ml")
-SOURCES: tuple[str, ...] = (CLASSIFICATION, *SSL_METHODS)
+"""The SSL entries of the encoder + FPN architecture (SlotCon: encoder only)."""
+DECON_XNET = "decon-xnet"
+"""The DeCon entry of the ×Net architecture (encoder + ×Net decoder)."""
+SOURCES: tuple[str, ...] = (CLASSIFICATION, *SSL_METHODS, DECON_XNET)
 """Where pre-trained weights come from: a zoo entry of each kind (:class:`ZooSettings`)."""
 NUM_SCENE_CLASSES = 6  # len(predec.data.synthetic.SCENE_CLASSES); checked when a fine-tuning recipe is built
 MAX_DEPTH = 10.0
@@ -69,6 +72,7 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant("xnet_pt_dec", "xnet", "×Net, pre-trained encoder × pre-trained decoder", CLASSIFICATION, CLASSIFICATION),
     Variant("xnet_rand_dec", "xnet", "×Net, pre-trained encoder × random decoder", CLASSIFICATION, None),
+    Variant("xnet_decon_dec", "xnet", "×Net, encoder + decoder from DeCon (×Net × DeCon)", DECON_XNET, DECON_XNET),
     Variant("fpn_pt_enc", "fpn", "FPN, pre-trained encoder, random decoder", CLASSIFICATION, None),
     Variant("unet_pt_enc", "unet", "U-Net, pre-trained encoder, random decoder", CLASSIFICATION, None),
     Variant("fpn_decon_ml", "fpn", "FPN, encoder + decoder from DeCon-ML", "decon-ml", "decon-ml"),
@@ -81,14 +85,38 @@ IMAGE_DIVISOR = 32
 
 VARIANT_NAMES: tuple[str, ...] = tuple(v.name for v in VARIANTS)
 
-COMPARISONS: tuple[tuple[str, str, str], ...] = (
-    ("xnet_pt_dec", "xnet_rand_dec", "×Net: pre-trained vs random decoder"),
-    ("fpn_decon_ml", "fpn_slotcon", "FPN: DeCon-ML (encoder + decoder) vs SlotCon (encoder only)"),
-    ("fpn_decon_sl", "fpn_slotcon", "FPN: DeCon-SL (encoder + decoder) vs SlotCon (encoder only)"),
-    ("xnet_pt_dec", "fpn_pt_enc", "pre-trained ×Net decoder vs random FPN decoder (same encoder)"),
-    ("fpn_pt_enc", "fpn_scratch", "FPN: pre-trained vs random encoder"),
+@dataclass(frozen=True)
+class Comparison:
+    """Two variants compared by the noise rule.
+
+    Attributes:
+        a: the variant asked about.
+        b: the variant it is compared with.
+        question: what the comparison answers (one line).
+        decisive: one of the questions the demo is for (its variants get ``finetune.seeds``; the others
+            ``finetune.reference_seeds``).
+    """
+
+    a: str
+    b: str
+    question: str
+    decisive: bool = True
+
+
+COMPARISONS: tuple[Comparison, ...] = (
+    Comparison("xnet_pt_dec", "xnet_rand_dec", "×Net: pre-trained vs random decoder"),
+    Comparison("fpn_decon_ml", "fpn_slotcon", "FPN: DeCon-ML (encoder + decoder) vs SlotCon (encoder only)"),
+    Comparison("fpn_decon_sl", "fpn_slotcon", "FPN: DeCon-SL (encoder + decoder) vs SlotCon (encoder only)"),
+    Comparison("xnet_decon_dec", "xnet_pt_dec", "×Net × DeCon: DeCon- vs classifier-pre-trained ×Net decoder"),
+    Comparison("xnet_decon_dec", "xnet_rand_dec", "×Net × DeCon: DeCon-pre-trained vs random ×Net decoder"),
+    Comparison(
+        "xnet_pt_dec", "fpn_pt_enc", "pre-trained ×Net decoder vs random FPN decoder (same encoder)", decisive=False
+    ),
+    Comparison("fpn_pt_enc", "fpn_scratch", "FPN: pre-trained vs random encoder", decisive=False),
 )
-"""The decisive comparisons ``(variant a, variant b, question)``: the report says whether a − b exceeds the noise."""
+"""The comparisons: the report says whether a − b exceeds the noise (decisive ones first)."""
+DECISIVE_VARIANTS: frozenset[str] = frozenset(n for c in COMPARISONS if c.decisive for n in (c.a, c.b))
+"""Variants of a decisive comparison (trained with ``finetune.seeds``)."""
 
 
 def variant(name: str) -> Variant:
@@ -121,6 +149,7 @@ class ZooSettings:
         slotcon: SlotCon (encoder only).
         decon_sl: DeCon-SL (encoder + FPN, decoder loss at P2).
         decon_ml: DeCon-ML (encoder + FPN, decoder loss at P2..P5).
+        decon_xnet: DeCon on ×Net (encoder + ×Net decoder, decoder loss on the Post Feature Pyramid's output).
         scratch_overrides: ``key=value`` overrides of every zoo recipe rebuilt with ``--from-scratch`` (e.g.
             ``trainer.max_steps=100`` for a short rebuild).
     """
@@ -129,10 +158,11 @@ class ZooSettings:
     slotcon: str = "synth-resnet18h-slotcon"
     decon_sl: str = "synth-resnet18h-fpn-decon-sl"
     decon_ml: str = "synth-resnet18h-fpn-decon-ml"
+    decon_xnet: str = "synth-resnet18h-xnet-decon"
     scratch_overrides: list[str] = field(default_factory=list)
 
     def entry(self, source: str) -> str:
-        """The entry name of a source (``classification``, ``slotcon``, ``decon-sl``, ``decon-ml``)."""
+        """The entry name of a source (``classification``, ``slotcon``, ``decon-sl``, ``decon-ml``, ``decon-xnet``)."""
         return str(getattr(self, source.replace("-", "_")))
 
 
@@ -143,12 +173,22 @@ class FinetuneSettings:
     Attributes:
         tasks: ``segmentation`` and/or ``depth``.
         variants: names of :data:`VARIANTS` to train.
-        seeds: fine-tuning seeds (model init, data order); every variant runs with each.
+        seeds: fine-tuning seeds (model init, data order) of the variants of a decisive comparison
+            (:data:`DECISIVE_VARIANTS`).
+        reference_seeds: seeds of the other variants (None: ``seeds``).
         num_train: label budgets: numbers of labelled training scenes (the first N of one generated set, so smaller
             budgets are subsets of larger ones); several give a label-efficiency curve. One number is one budget.
-        num_val: held-out evaluation scenes.
+        num_val: held-out scenes evaluated during training (the validation split that selects the weights), and at
+            the end when there is no test split.
+        num_test: test scenes (another generator seed) evaluated once with the selected weights; 0: none (the final
+            metrics are the validation split's).
         image_size: scene size [H, W].
-        max_steps: optimiser steps per run.
+        scene_options: SynthScenes render options of the labelled, validation and test scenes (e.g. a fixed camera
+            pose: ``{camera_height: [1.3, 1.3], camera_pitch_deg: [15, 15]}``).
+        max_steps: optimiser steps per run: one number, or one per label budget (``{32: 800, 512: 3000}``).
+        val_every_n_steps: validate every N steps and end each run with its best validation's weights (the task's
+            main metric); None: the last weights, validated once at the end.
+        patience: stop a run after this many validations without improvement (needs ``val_every_n_steps``).
         batch_size: images per step.
         lr: AdamW learning rate (poly decay after a linear warm-up of a tenth of the steps).
         grid_images: evaluation images shown in the prediction grids.
@@ -163,15 +203,52 @@ class FinetuneSettings:
                                  "fpn_slotcon"]
     )  # fmt: skip
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    reference_seeds: list[int] | None = None
     num_train: list[int] | int = field(default_factory=lambda: [256])
     num_val: int = 100
+    num_test: int = 0
     image_size: list[int] = field(default_factory=lambda: [96, 96])
-    max_steps: int = 200
+    scene_options: dict[str, Any] = field(default_factory=dict)
+    max_steps: int | dict[int, int] = 200
+    val_every_n_steps: int | None = None
+    patience: int | None = None
     batch_size: int = 8
     lr: float = 1e-3
     grid_images: int = 4
     keep_models: bool = False
     overrides: list[str] = field(default_factory=list)
+
+    def seeds_of(self, variant_name: str) -> list[int]:
+        """The seeds ``variant_name`` is trained with."""
+        if variant_name in DECISIVE_VARIANTS or self.reference_seeds is None:
+            return list(self.seeds)
+        return list(self.reference_seeds)
+
+    def steps_of(self, num_train: int) -> int:
+        """The optimiser steps of a run on ``num_train`` labelled scenes."""
+        return self.max_steps if isinstance(self.max_steps, int) else int(self.max_steps[num_train])
+
+
+@dataclass
+class ProbeSettings:
+    """The frozen-feature linear probe (:mod:`predec.engine.probe`): encoder and decoder of each variant as
+    pre-trained (random parts random), frozen; a 1×1 classifier (segmentation) or linear depth head trained on the
+    decoder's output features of ``num_train`` labelled scenes and scored on the test scenes (the validation scenes
+    when ``finetune.num_test`` is 0).
+
+    Attributes:
+        variants: variants probed (empty: no probe).
+        num_train: labelled scenes the probe is trained on.
+        seeds: probe seeds (the random parts of the model, the probe's init and batch order).
+        epochs: passes over the training features (AdamW, cosine decay).
+        lr: the probe's learning rate.
+    """
+
+    variants: list[str] = field(default_factory=list)
+    num_train: int = 512
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 100
+    lr: float = 1e-2
 
 
 @dataclass
@@ -181,10 +258,11 @@ class DemoConfig:
     Attributes:
         name: ``quick``, ``full`` or ``benchmark`` (shown in the report).
         zoo: the pre-trained weights fine-tuned.
-        data_seed: seed of the labelled and evaluation scenes.
+        data_seed: seed of the labelled, validation and test scenes.
         workers: stages run in parallel processes (1: in this process, with progress bars).
         threads_per_worker: torch threads of each worker.
         finetune: dense fine-tuning and evaluation.
+        probe: the frozen-feature linear probe.
     """
 
     name: str = "full"
@@ -193,6 +271,7 @@ class DemoConfig:
     workers: int = 2
     threads_per_worker: int = 1
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
 
 
 def config_path(name: str) -> Path:
@@ -221,13 +300,29 @@ def load_demo_config(source: str | Path, overrides: Sequence[str] = ()) -> DemoC
     for task in ft.tasks:
         if task not in TASKS:
             raise ConfigError(f"{path}: finetune.tasks holds {task!r}; valid tasks: {', '.join(TASKS)}.")
-    for name in ft.variants:
+    for name in [*ft.variants, *config.probe.variants]:
         variant(name)
     for key in ("tasks", "variants", "seeds", "num_train"):
         if not getattr(ft, key):
             raise ConfigError(f"{path}: finetune.{key} is empty; give at least one.")
+    if ft.reference_seeds is not None and not ft.reference_seeds:
+        raise ConfigError(f"{path}: finetune.reference_seeds is empty; give at least one seed, or null (= seeds).")
     if any(n < 1 for n in ft.num_train) or len(set(ft.num_train)) != len(ft.num_train):
         raise ConfigError(f"{path}: finetune.num_train={ft.num_train}: need distinct label budgets >= 1.")
+    if isinstance(ft.max_steps, dict):
+        steps = {int(k): v for k, v in ft.max_steps.items()} if all(str(k).isdigit() for k in ft.max_steps) else {}
+        if set(steps) != set(ft.num_train) or not all(isinstance(v, int) and v >= 1 for v in steps.values()):
+            raise ConfigError(
+                f"{path}: finetune.max_steps={ft.max_steps}: give one number of steps >= 1, or one per label budget "
+                f"of finetune.num_train={ft.num_train} (e.g. {dict.fromkeys(ft.num_train, 1000)})."
+            )
+        ft.max_steps = steps
+    elif ft.max_steps < 1:
+        raise ConfigError(f"{path}: finetune.max_steps={ft.max_steps}: need >= 1.")
+    if ft.patience is not None and ft.val_every_n_steps is None:
+        raise ConfigError(f"{path}: finetune.patience needs finetune.val_every_n_steps (how often to validate).")
+    if config.probe.variants and not config.probe.seeds:
+        raise ConfigError(f"{path}: probe.seeds is empty; give at least one.")
     size = list(ft.image_size)
     if len(size) != 2 or any(int(v) < IMAGE_DIVISOR or int(v) % IMAGE_DIVISOR for v in size):
         down = [max(IMAGE_DIVISOR, int(v) // IMAGE_DIVISOR * IMAGE_DIVISOR) for v in size]
@@ -251,6 +346,11 @@ def stage_budget_name(num_train: int) -> str:
 def finetune_stage_name(task: str, variant_name: str, num_train: int, seed: int) -> str:
     """``finetune/<task>/<variant>/n<labels>/seed<k>``."""
     return f"finetune/{task}/{variant_name}/{stage_budget_name(num_train)}/seed{seed}"
+
+
+def probe_stage_name(task: str, variant_name: str, num_train: int, seed: int) -> str:
+    """``probe/<task>/<variant>/n<labels>/seed<k>``."""
+    return f"probe/{task}/{variant_name}/{stage_budget_name(num_train)}/seed{seed}"
 
 
 def zoo_stage_name(entry: str) -> str:

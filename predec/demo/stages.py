@@ -29,6 +29,7 @@ from typing import Any
 from predec.config import ConfigError, load_config, to_dict
 from predec.demo.settings import (
     CLASSIFICATION,
+    DECON_XNET,
     MAX_DEPTH,
     NUM_SCENE_CLASSES,
     SSL_METHODS,
@@ -37,6 +38,7 @@ from predec.demo.settings import (
     finetune_stage_name,
     labelled_seed,
     plain,
+    probe_stage_name,
     variant,
     zoo_stage_name,
 )
@@ -114,6 +116,7 @@ def entry_model(config: DemoConfig, source: str, from_scratch: bool) -> dict[str
         "encoder": model.get("encoder"),
         "encoder_kwargs": dict(model.get("encoder_kwargs") or {}),
         "arch": model.get("arch"),
+        "decoder": model.get("decoder"),
         "decoder_kwargs": dict(model.get("decoder_kwargs") or {}),
     }
 
@@ -144,7 +147,18 @@ def architecture(config: DemoConfig, sources: set[str], from_scratch: bool) -> A
             if fpn_kwargs is not None and width != fpn_kwargs:
                 raise ConfigError(f"The DeCon entries of the demo have FPNs of different widths: {fpn_kwargs}, {width}")
             fpn_kwargs = width
-    return Architecture(base["encoder"], base["encoder_kwargs"], fpn_kwargs or {"channels": 256})
+    arch = Architecture(base["encoder"], base["encoder_kwargs"], fpn_kwargs or {"channels": 256})
+    if DECON_XNET in sources:
+        model = entry_model(config, DECON_XNET, from_scratch)
+        name, wanted = config.zoo.entry(DECON_XNET), arch.model("xnet")
+        found = {key: model.get(key) for key in ("arch", "encoder", "encoder_kwargs", "decoder", "decoder_kwargs")}
+        expected = {key: wanted.get(key) for key in found}
+        if found != expected:
+            raise ConfigError(
+                f"zoo.decon_xnet={name!r} pre-trains {found}, but the demo's ×Net is {expected}: the entry must be "
+                "a ×Net on the classification entry's encoder, with that network as its decoder backbone."
+            )
+    return arch
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -163,7 +177,7 @@ def plan(config: DemoConfig, from_scratch: bool = False) -> list[Stage]:
     """
     ft = config.finetune
     chosen = [variant(n) for n in ft.variants]
-    sources = {s for v in chosen for s in v.sources}
+    sources = {s for v in [*chosen, *(variant(n) for n in config.probe.variants)] for s in v.sources}
     arch = architecture(config, sources, from_scratch)
     stages: list[Stage] = []
     provided: dict[str, dict[str, Any]] = {}  # source -> {"stage": zoo stage} (from scratch) or {"sha256": ...}
@@ -191,15 +205,25 @@ def plan(config: DemoConfig, from_scratch: bool = False) -> list[Stage]:
             provided[source] = {"sha256": entry.sha256}
     from predec.zoo.registry import ZOO_PREFIX
 
+    def needs_and_weights(v: Any) -> tuple[tuple[str, ...], dict[str, str | None]]:
+        needs = tuple(dict.fromkeys(provided[s]["stage"] for s in v.sources if "stage" in provided[s]))
+        weights = {
+            part: None if source is None else f"{ZOO_PREFIX}{config.zoo.entry(source)}"
+            for part, source in (("encoder", v.encoder_source), ("decoder", v.decoder_source))
+        }
+        return needs, weights
+
+    scenes = {
+        "num_val": ft.num_val,
+        "num_test": ft.num_test,
+        "image_size": ft.image_size,
+        "scene_options": ft.scene_options,
+    }
     for task in ft.tasks:
         for v in chosen:
-            needs = tuple(dict.fromkeys(provided[s]["stage"] for s in v.sources if "stage" in provided[s]))
-            weights = {
-                part: None if source is None else f"{ZOO_PREFIX}{config.zoo.entry(source)}"
-                for part, source in (("encoder", v.encoder_source), ("decoder", v.decoder_source))
-            }
+            needs, weights = needs_and_weights(v)
             for num_train in ft.num_train:
-                for seed in ft.seeds:
+                for seed in ft.seeds_of(v.name):
                     spec = {
                         "task": task,
                         "variant": v.name,
@@ -210,16 +234,35 @@ def plan(config: DemoConfig, from_scratch: bool = False) -> list[Stage]:
                         "zoo": {s: provided[s].get("sha256") for s in v.sources},
                         "data_seed": config.data_seed,
                         "settings": {**to_dict(ft), "tasks": None, "variants": None, "seeds": None,
-                                     "num_train": None, "keep_models": None},
+                                     "reference_seeds": None, "num_train": None, "keep_models": None,
+                                     "max_steps": ft.steps_of(num_train)},
                     }  # fmt: skip
-                    keep = ft.keep_models and seed == ft.seeds[0]
+                    keep = ft.keep_models and seed == ft.seeds_of(v.name)[0]
                     name = finetune_stage_name(task, v.name, num_train, seed)
                     stages.append(Stage(name, "finetune", plain(spec), needs, keep))
+    pr = config.probe
+    for task in ft.tasks:
+        for v in (variant(n) for n in pr.variants):
+            needs, weights = needs_and_weights(v)
+            for seed in pr.seeds:
+                spec = {
+                    "task": task,
+                    "variant": v.name,
+                    "seed": seed,
+                    "num_train": pr.num_train,
+                    "model": arch.model(v.arch),
+                    "weights": weights,
+                    "zoo": {s: provided[s].get("sha256") for s in v.sources},
+                    "data_seed": config.data_seed,
+                    "settings": {**scenes, "epochs": pr.epochs, "lr": pr.lr},
+                }
+                name = probe_stage_name(task, v.name, pr.num_train, seed)
+                stages.append(Stage(name, "probe", plain(spec), needs, keep_model=False))
     return stages
 
 
 def finetune_config(spec: dict[str, Any], weights: dict[str, str | None], run_dir: Path, progress_bar: bool) -> Any:
-    """The :class:`predec.config.DenseConfig` of a fine-tuning stage.
+    """The :class:`predec.config.DenseConfig` of a fine-tuning stage (a probe stage's model and scenes too).
 
     Args:
         spec: the stage spec (see :func:`plan`).
@@ -236,7 +279,8 @@ def finetune_config(spec: dict[str, Any], weights: dict[str, str | None], run_di
     model = {**spec["model"], "task": task, "encoder_weights": weights.get("encoder")}
     model["decoder_weights"] = weights.get("decoder")
     model.update({"num_classes": NUM_SCENE_CLASSES} if task == "segmentation" else {"max_depth": MAX_DEPTH})
-    steps = s["max_steps"]
+    steps = s.get("max_steps", 1)
+    validate = s.get("val_every_n_steps")
     recipe = {
         "name": run_dir.name,
         "output_dir": str(run_dir.parent),
@@ -246,24 +290,29 @@ def finetune_config(spec: dict[str, Any], weights: dict[str, str | None], run_di
             "dataset": "synth",
             "num_train": spec["num_train"],
             "num_val": s["num_val"],
+            "test_split": "test" if s.get("num_test") else None,
+            "num_test": s.get("num_test") or 0,
             "image_size": s["image_size"],
             "synth_seed": labelled_seed(spec["data_seed"]),
-            "batch_size": s["batch_size"],
+            "reader_kwargs": dict(s.get("scene_options") or {}),
+            "batch_size": s.get("batch_size", 8),
             "eval_batch_size": 50,
         },
-        "optim": {"name": "adamw", "lr": s["lr"], "weight_decay": 0.01},
+        "optim": {"name": "adamw", "lr": s.get("lr", 1e-3), "weight_decay": 0.01},
         "schedule": {"name": "poly", "warmup_steps": max(1, steps // 10), "warmup_ratio": 0.01},
         "trainer": {
             "precision": "auto",
             "max_steps": steps,
-            "val_every_n_steps": None,
+            "val_every_n_steps": validate,
+            "monitor": "auto" if validate else None,
+            "patience": s.get("patience"),
             "checkpoint_every_n_steps": steps,  # the demo resumes per stage; one write per run
             "log_every_n_steps": max(1, min(10, steps // 10)),
             "progress_bar": progress_bar,
         },
         "eval": {"min_depth": 1e-3, "max_depth": MAX_DEPTH},
     }
-    return load_config(recipe, s["overrides"], schema=DenseConfig)
+    return load_config(recipe, s.get("overrides", []), schema=DenseConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -289,7 +338,9 @@ def execute_stage(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_lightning()
     stage_dir.mkdir(parents=True, exist_ok=True)
-    runner: Callable[..., dict[str, Any]] = {"zoo": _run_zoo, "finetune": _run_finetune}[stage.kind]
+    runner: Callable[..., dict[str, Any]] = {"zoo": _run_zoo, "finetune": _run_finetune, "probe": _run_probe}[
+        stage.kind
+    ]
     if progress:
         return runner(stage, stage_dir, inputs, progress)
     # A worker process: its output (Lightning's summaries, warnings) goes to the stage's log file, not the terminal.
@@ -404,14 +455,80 @@ def _run_finetune(stage: Stage, stage_dir: Path, inputs: dict, progress: bool) -
     shutil.rmtree(result.run_dir.checkpoints, ignore_errors=True)  # 3× the model's size; model/ keeps the weights
     if not stage.keep_model:
         shutil.rmtree(result.run_dir.model_dir, ignore_errors=True)
+    record = result.metrics
     outputs = {
         "metrics": kept,
         "step": result.step,
         "train_seconds": train_seconds,
         "weight_change": weight_change(initial, final),
         "csv": _csv_log(result.run_dir),
+        "train_curve": train_curve(_csv_log(result.run_dir)),
         "predictions": str(predictions),
         "model_dir": str(result.run_dir.model_dir),
+    }
+    if "selection" in record:
+        outputs["selection"] = record["selection"]
+        outputs["val_history"] = record.get("val_history", {})
+        outputs["val_metrics"] = {k: record.get("val_metrics", {}).get(k) for k in TASK_METRICS[task]}
+    if task == "segmentation":
+        outputs["per_class_iou"] = [float(v) for v in metrics.get("IoU", [])]
+    return outputs
+
+
+def train_curve(csv_file: str, points: int = 100) -> list[list[float]]:
+    """``[[step, mean training loss], ...]`` of a run's CSV log in at most ``points`` equal windows (kept in the stage
+    record, so that the report needs no log file)."""
+    from predec.engine.run_dir import read_csv_metric
+
+    if not csv_file or not Path(csv_file).is_file():
+        return []
+    steps, values = read_csv_metric(csv_file, "train/loss")
+    size = max(1, -(-len(steps) // points))
+    return [
+        [steps[i : i + size][-1], sum(values[i : i + size]) / len(values[i : i + size])]
+        for i in range(0, len(steps), size)
+    ]
+
+
+def _run_probe(stage: Stage, stage_dir: Path, inputs: dict, progress: bool) -> dict[str, Any]:
+    """A variant's pre-trained encoder and decoder (random parts seeded by the stage's seed), frozen; a linear probe
+    on its decoder features of the labelled scenes, scored on the test scenes (validation scenes without a test
+    split)."""
+    import lightning as L
+
+    from predec.engine.dense import build_model
+    from predec.engine.probe import probe_model, synth_probe_data
+
+    config = finetune_config(stage.spec, _weights(stage.spec, inputs), stage_dir / "run", progress)
+    task, s, data = stage.spec["task"], stage.spec["settings"], config.data
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    model = build_model(config.model)
+    options = dict(data.reader_kwargs)
+    size = tuple(data.image_size)
+    train = synth_probe_data(data.num_train, size, data.synth_seed, task, **options)
+    held_out = (data.num_test, data.synth_seed + 2) if data.test_split else (data.num_val, data.synth_seed + 1)
+    test = synth_probe_data(held_out[0], size, held_out[1], task, **options)
+    started = time.perf_counter()
+    result = probe_model(
+        model,
+        *train,
+        *test,
+        task=task,
+        num_classes=config.model.num_classes,
+        max_depth=config.model.max_depth,
+        seed=config.seed,
+        epochs=s["epochs"],
+        lr=s["lr"],
+    )
+    metrics = result["metrics"]
+    outputs = {
+        "metrics": {k: float(metrics[k]) for k in TASK_METRICS[task]},
+        "train_metrics": {k: float(result["train_metrics"][k]) for k in TASK_METRICS[task]},
+        "fit": {k: v for k, v in result["fit"].items() if k != "loss_curve"},
+        "loss_curve": result["fit"]["loss_curve"],
+        "feature_shape": result["feature_shape"],
+        "held_out": {"scenes": held_out[0], "seed": held_out[1]},
+        "probe_seconds": time.perf_counter() - started,
     }
     if task == "segmentation":
         outputs["per_class_iou"] = [float(v) for v in metrics.get("IoU", [])]
@@ -446,4 +563,13 @@ def _save_predictions(model_dir: Path, config: Any, count: int, path: Path) -> N
     np.savez_compressed(path, prediction=array)
 
 
-__all__ = ["Architecture", "Stage", "architecture", "execute_stage", "finetune_config", "plan", "weight_change"]
+__all__ = [
+    "Architecture",
+    "Stage",
+    "architecture",
+    "execute_stage",
+    "finetune_config",
+    "plan",
+    "train_curve",
+    "weight_change",
+]
