@@ -166,7 +166,9 @@ def plot(results: dict[str, Any], tasks: list[str], path: Path) -> None:
                 ax.axhline(value, color=colors(i % 10), ls="--", lw=1, label=f"{name} (finished entry)")
                 continue
             steps = sorted(points)
-            ax.plot(steps, [sum(points[s]) / len(points[s]) for s in steps], "o-", ms=3, color=colors(i % 10), label=name)
+            ax.plot(
+                steps, [sum(points[s]) / len(points[s]) for s in steps], "o-", ms=3, color=colors(i % 10), label=name
+            )
         ax.set_xlabel("pre-training step")
         ax.set_ylabel(f"probe {metric[task]} ({'↑' if task == 'segmentation' else '↓'})")
         ax.set_title(f"{task}: frozen encoder + decoder, linear probe", fontsize=9)

@@ -13,7 +13,6 @@ from predec.cli import main
 from predec.config import ConfigError
 from predec.demo import (
     TASK_METRICS,
-    VARIANT_NAMES,
     Demo,
     DemoConfig,
     compare,

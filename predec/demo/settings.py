@@ -85,6 +85,7 @@ IMAGE_DIVISOR = 32
 
 VARIANT_NAMES: tuple[str, ...] = tuple(v.name for v in VARIANTS)
 
+
 @dataclass(frozen=True)
 class Comparison:
     """Two variants compared by the noise rule.
