@@ -235,6 +235,13 @@ def settings_lines(results: dict[str, Any]) -> list[str]:
         f"{ft['batch_size']}, AdamW lr {ft['lr']} (poly decay); {selection}; {seeds} (model init and data order; the "
         "data are the same)" + (f"; overrides {ft['overrides']}" if ft["overrides"] else "") + ".",
     ]
+    if not ft.get("val_every_n_steps"):
+        lines.append(
+            "- **Short runs**: every run stops after its fixed number of steps, before its validation curve flattens; "
+            "the numbers say how far fine-tuning gets in that budget, not where it converges. The converged study "
+            "(validation-selected weights, test scenes, frozen-feature probe) is `predec demo --benchmark`; its "
+            "committed report is docs/benchmark_report/report.md."
+        )
     probe = s.get("probe") or {}
     if probe.get("variants"):
         lines.append(
