@@ -40,6 +40,9 @@ def build_networks(config: PretrainModelConfig, *, load_weights: bool = True) ->
             encoder=config.encoder,
             decoder=config.decoder,
             task="depth",  # the head is dropped: any task builds the same encoder and decoder
+            # The smallest head (one conv) draws the fewest random numbers, so the projectors built after it start
+            # alike whatever the downstream head defaults are.
+            head_kwargs={"convs": 0},
             in_chans=config.in_chans,
             encoder_kwargs=dict(config.encoder_kwargs) or None,
             **config.decoder_kwargs,
