@@ -88,22 +88,28 @@ class ScheduleConfig:
     """Per-iteration learning-rate schedule (see :func:`predec.optim.lr_multiplier`).
 
     Attributes:
-        name: ``constant``, ``poly``, ``cosine`` or ``step``.
+        name: ``constant``, ``plateau``, ``poly``, ``cosine`` or ``step``. ``plateau`` (``predec train`` with
+            ``trainer.monitor``): constant after the warm-up, multiplied by ``gamma`` whenever the monitored
+            validation metric has not improved (by more than ``trainer.min_delta``) for ``plateau_patience``
+            validations in a row, never below ``min_lr`` (PyTorch's ``ReduceLROnPlateau`` rule; with
+            ``trainer.patience`` the run stops once the plateaus stop yielding).
         warmup_steps: linear warm-up length in optimiser steps.
         warmup_ratio: lr multiplier at step 0 of the warm-up (rises linearly to 1).
         power: exponent of the ``poly`` decay.
         min_lr: lr reached at the last step by ``poly`` and ``cosine`` (absolute; groups keep their ratios).
         milestones: ``step``: absolute optimiser steps at which the lr is multiplied by ``gamma``.
-        gamma: ``step`` decay factor.
+        gamma: ``step`` and ``plateau`` decay factor.
+        plateau_patience: ``plateau``: validations without improvement before a decay.
     """
 
-    name: Literal["constant", "poly", "cosine", "step"] = "poly"
+    name: Literal["constant", "plateau", "poly", "cosine", "step"] = "poly"
     warmup_steps: int = 0
     warmup_ratio: float = 1e-6
     power: float = 1.0
     min_lr: float = 0.0
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
+    plateau_patience: int = 3
 
 
 @dataclass

@@ -247,7 +247,8 @@ def lr_multiplier(step: int, config: ScheduleConfig, total_steps: int, base_lr: 
     ``r = warmup_ratio``. Decay, with ``p = (step − warmup_steps) / (total_steps − warmup_steps)`` clamped to
     [0, 1] and ``m = min_lr / base_lr``:
 
-    - ``constant``: 1;
+    - ``constant`` and ``plateau``: 1 (``plateau``'s decays on validation plateaus are applied by
+      :class:`predec.engine.plateau.PlateauDecay`, which lowers the scheduler's base learning rates);
     - ``poly``: ``m + (1 − m)·(1 − p)^power``;
     - ``cosine``: ``m + (1 − m)·(1 + cos(π·p))/2``;
     - ``step``: ``gamma^k`` with k the number of ``milestones`` (absolute steps) ≤ ``step``.
@@ -263,7 +264,7 @@ def lr_multiplier(step: int, config: ScheduleConfig, total_steps: int, base_lr: 
     warmup = max(0, config.warmup_steps)
     if config.name == "step":
         value = config.gamma ** sum(step >= m for m in config.milestones)
-    elif config.name == "constant":
+    elif config.name in ("constant", "plateau"):
         value = 1.0
     else:
         progress = min(max((step - warmup) / max(1, total_steps - warmup), 0.0), 1.0)
@@ -273,7 +274,9 @@ def lr_multiplier(step: int, config: ScheduleConfig, total_steps: int, base_lr: 
         elif config.name == "cosine":
             value = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         else:
-            raise ValueError(f"schedule.name={config.name!r} is not one of 'constant', 'poly', 'cosine', 'step'.")
+            raise ValueError(
+                f"schedule.name={config.name!r} is not one of 'constant', 'plateau', 'poly', 'cosine', 'step'."
+            )
     if step < warmup:
         value *= config.warmup_ratio + (1.0 - config.warmup_ratio) * step / warmup
     return value

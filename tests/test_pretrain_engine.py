@@ -409,6 +409,8 @@ def test_nan_loss_stops_naming_step_and_terms(tmp_path, capsys):
         ("pretrain/synth_decon_sl", "ssl.levels=[p2, p3]", "one level"),
         ("pretrain/synth_supervised", "data.dataset=synth_scenes", "needs image classes"),
         ("pretrain/synth_decon_xnet", "model.decoder=null", "model.arch=xnet needs model.decoder"),
+        ("pretrain/synth_slotcon", "schedule.name=plateau", r"schedule\.name=plateau: model selection .* predec train"),
+        ("pretrain/synth_supervised", "trainer.monitor=auto", r"trainer\.monitor=auto: model selection"),
     ],
 )
 def test_contradictory_settings_are_rejected(recipe, override, message):

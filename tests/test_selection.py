@@ -156,3 +156,61 @@ def test_validation_history_survives_a_resume(tmp_path):
     b = json.loads(resumed.run_dir.metrics_path.read_text())
     assert a["val_history"] == b["val_history"] and a["selection"] == b["selection"]
     assert a["metrics"]["mIoU"] == pytest.approx(b["metrics"]["mIoU"], abs=1e-6)
+
+
+def test_plateau_decay_follows_reduce_lr_on_plateau():
+    """The decay rule against torch's ReduceLROnPlateau (abs threshold, no cool-down) on one sequence of values."""
+    from predec.engine.plateau import PlateauDecay
+
+    values = [0.30, 0.40, 0.40, 0.41, 0.405, 0.41, 0.409, 0.50, 0.49, 0.49, 0.49, 0.49, 0.49, 0.49]
+    decay = PlateauDecay("val/mIoU", "max", patience=2, gamma=0.1, min_delta=0.01)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        torch.optim.SGD([parameter], lr=1.0), mode="max", factor=0.1, patience=1, threshold=0.01, threshold_mode="abs"
+    )
+    ours, theirs = [], []
+    lr = 1.0
+    for step, value in enumerate(values, start=1):
+        if decay.observe(value, step):
+            lr *= 0.1
+        ours.append(lr)
+        reference.step(value)
+        theirs.append(reference.optimizer.param_groups[0]["lr"])
+    # torch counts an epoch as bad once patience is exceeded (patience=1 ↔ 2 bad validations in a row)
+    assert ours == pytest.approx(theirs) and decay.decays == [4, 6, 10, 12, 14]
+    restored = PlateauDecay("val/mIoU", "max", patience=2, gamma=0.1)
+    restored.load_state_dict(decay.state_dict())
+    assert restored.state_dict() == decay.state_dict()
+    with pytest.raises(ValueError, match=r"schedule\.gamma=1\.5"):
+        PlateauDecay("val/mIoU", "max", patience=2, gamma=1.5)
+
+
+def test_plateau_schedule_lowers_the_lr_and_stops(tmp_path):
+    """schedule.name=plateau with min_delta 1 (no validation improves): the lr is multiplied by gamma after every
+    plateau_patience validations (the logged lr shows it), early stopping ends the run, metrics.json lists the
+    decays; without a monitor the schedule is refused."""
+    import csv
+
+    config = tiny(
+        tmp_path,
+        "schedule.name=plateau",
+        "schedule.plateau_patience=2",
+        "schedule.gamma=0.5",
+        "trainer.min_delta=1.0",
+        "trainer.patience=5",
+        "trainer.max_steps=40",
+        "optim.lr=1e-3",
+        "trainer.log_every_n_steps=1",
+    )
+    result = train_dense(config)
+    record = json.loads(result.run_dir.metrics_path.read_text())
+    assert record["selection"]["lr_decays"] == [12, 20] and result.step == 24
+    with open(result.run_dir.logs / "csv" / "metrics.csv") as handle:
+        lrs = {
+            int(r["step"]): float(r["lr-AdamW/head/decay"])
+            for r in csv.DictReader(handle)
+            if r.get("lr-AdamW/head/decay")
+        }
+    assert lrs[10] == pytest.approx(1e-3) and lrs[14] == pytest.approx(5e-4) and lrs[22] == pytest.approx(2.5e-4)
+    with pytest.raises(ConfigError, match=r"schedule\.name=plateau needs trainer\.monitor"):
+        monitored_metric(tiny(tmp_path, "schedule.name=plateau", "trainer.monitor=null"))

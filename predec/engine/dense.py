@@ -309,10 +309,16 @@ def monitored_metric(config: DenseConfig) -> tuple[str, str] | None:
         ``("val/<metric>", "max" | "min")``, or None when ``trainer.monitor`` is not set.
 
     Raises:
-        ConfigError: an unknown metric, a monitor without ``val_every_n_steps``, or ``patience`` without a monitor.
+        ConfigError: an unknown metric, a monitor without ``val_every_n_steps``, or ``patience`` or a ``plateau``
+            schedule without a monitor.
     """
     trainer = config.trainer
     if trainer.monitor is None:
+        if config.schedule.name == "plateau":
+            raise ConfigError(
+                "schedule.name=plateau needs trainer.monitor (e.g. trainer.monitor=auto) and "
+                "trainer.val_every_n_steps: it lowers the learning rate when that validation metric stops improving."
+            )
         if trainer.patience is not None:
             raise ConfigError(
                 f"trainer.patience={trainer.patience} needs trainer.monitor (e.g. trainer.monitor=auto): early "

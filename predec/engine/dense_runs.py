@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from predec.config import ConfigError, DenseConfig, TrainerConfig
+from predec.config import ConfigError, DenseConfig
 from predec.engine.checkpoint import read_checkpoint
 from predec.engine.datamodule import DenseDataModule, check_task
 from predec.engine.dense import DenseModule, monitored_metric
@@ -24,6 +24,7 @@ from predec.engine.dense_checkpoint import (
     load_dense_checkpoint,
     load_state_checked,
 )
+from predec.engine.plateau import PlateauDecay
 from predec.engine.run import RunResult, fit_run
 from predec.engine.run_dir import RunDir
 from predec.engine.trainer import build_trainer
@@ -116,7 +117,7 @@ def train_dense(
         finish=finish,
         resume=resume,
         overwrite=overwrite,
-        callbacks=[*callbacks, *selection_callbacks(run, trainer_cfg, monitored)],
+        callbacks=[*callbacks, *selection_callbacks(run, config, monitored)],
         grad_clip_norm=config.optim.grad_clip_norm,
         check_checkpoint=check_checkpoint,
         validate_at_end=needs_validation,
@@ -127,12 +128,14 @@ BEST_CHECKPOINT = "best.ckpt"
 """The weights of the best validation so far (``checkpoints/best.ckpt``) when ``trainer.monitor`` is set."""
 
 
-def selection_callbacks(run: RunDir, trainer: TrainerConfig, monitored: tuple[str, str] | None) -> list[L.Callback]:
-    """Lightning's ``ModelCheckpoint`` keeping the best validation's weights (``checkpoints/best.ckpt``) and, with
-    ``trainer.patience``, its ``EarlyStopping`` on the same metric; none without a monitored metric."""
+def selection_callbacks(run: RunDir, config: DenseConfig, monitored: tuple[str, str] | None) -> list[L.Callback]:
+    """Lightning's ``ModelCheckpoint`` keeping the best validation's weights (``checkpoints/best.ckpt``), with
+    ``trainer.patience`` its ``EarlyStopping``, with ``schedule.name: plateau`` the :class:`PlateauDecay` of the
+    learning rate, all on the same metric; none without a monitored metric."""
     if monitored is None:
         return []
     name, mode = monitored
+    trainer, schedule = config.trainer, config.schedule
     callbacks: list[L.Callback] = [
         ModelCheckpoint(
             dirpath=run.checkpoints,
@@ -155,6 +158,10 @@ def selection_callbacks(run: RunDir, trainer: TrainerConfig, monitored: tuple[st
                 min_delta=trainer.min_delta,
                 check_on_train_epoch_end=False,
             )
+        )
+    if schedule.name == "plateau":
+        callbacks.append(
+            PlateauDecay(name, mode, schedule.plateau_patience, schedule.gamma, trainer.min_delta, schedule.min_lr)
         )
     return callbacks
 
@@ -194,6 +201,7 @@ def select_best_weights(trainer: L.Trainer, module: DenseModule, run: RunDir, na
                 "again with --overwrite."
             )
         module.load_state_dict(checkpoint["state_dict"])
+    decay = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, PlateauDecay)), None)
     return {
         "monitor": name,
         "mode": mode,
@@ -201,6 +209,7 @@ def select_best_weights(trainer: L.Trainer, module: DenseModule, run: RunDir, na
         "score": module.val_history[step][name],
         "last_step": trainer.global_step,
         "early_stopped": trainer.global_step < (trainer.max_steps or 0),
+        **({"lr_decays": list(decay.decays)} if decay is not None else {}),
     }
 
 

@@ -217,3 +217,13 @@ def check_pretrain_config(config: PretrainConfig) -> None:
         check_schedule(config.schedule, config.trainer.max_steps)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    trainer = config.trainer
+    selection = {"trainer.monitor": trainer.monitor, "trainer.patience": trainer.patience}
+    if config.schedule.name == "plateau":
+        selection["schedule.name"] = "plateau"
+    chosen = {key: value for key, value in selection.items() if value is not None}
+    if chosen:
+        raise ConfigError(
+            f"{', '.join(f'{k}={v}' for k, v in chosen.items())}: model selection on a validation metric is for "
+            "predec train (dense runs); pre-training runs to trainer.max_steps (use schedule.name=cosine or poly)."
+        )
