@@ -150,6 +150,28 @@ def test_seeds_and_steps_per_variant_and_label_budget(tmp_path):
         load_demo_config("quick", ["finetune.max_steps={16: 40}"])
     with pytest.raises(ConfigError, match=r"finetune\.patience needs finetune\.val_every_n_steps"):
         load_demo_config("quick", ["finetune.patience=3"])
+    with pytest.raises(ConfigError, match=r"finetune\.schedule=plateau needs finetune\.val_every_n_steps"):
+        load_demo_config("quick", ["finetune.schedule=plateau"])
+    with pytest.raises(ConfigError, match=r"finetune\.min_delta=\{'nope': 0\.1\}: give a number >= 0 per task"):
+        load_demo_config("quick", ["finetune.min_delta={nope: 0.1}"])
+
+    plateau = load_demo_config(
+        "quick",
+        [
+            "finetune.tasks=[depth]",
+            "finetune.num_train=[32]",
+            "finetune.max_steps=2000",
+            "finetune.val_every_n_steps=50",
+            "finetune.schedule=plateau",
+            "finetune.plateau_patience=4",
+            "finetune.min_delta={depth: 0.001}",
+        ],
+    )
+    stage = next(s for s in plan(plateau) if s.kind == "finetune")
+    recipe = finetune_config(stage.spec, stage.spec["weights"], tmp_path / "plateau", False)
+    schedule = recipe.schedule
+    assert (schedule.name, schedule.warmup_steps, schedule.plateau_patience, schedule.gamma) == ("plateau", 100, 4, 0.1)
+    assert (recipe.trainer.min_delta, recipe.trainer.monitor) == (0.001, "auto")
 
 
 def test_flattened_compares_the_tail_with_the_best_before():

@@ -209,6 +209,13 @@ def settings_lines(results: dict[str, Any]) -> list[str]:
         if ft.get("num_test")
         else f"{ft['num_val']} held-out scenes"
     )
+    schedule = (
+        f"constant after a warm-up, × 0.1 after {ft['plateau_patience']} validations without improvement"
+        if ft.get("schedule") == "plateau"
+        else "poly decay"
+    )
+    if ft.get("schedule") == "plateau":
+        steps_text = steps_text.replace("steps", "steps at most")
     if ft.get("val_every_n_steps"):
         selection = (
             f"validated every {ft['val_every_n_steps']} steps on the task's main metric (mIoU, AbsRel); each run ends "
@@ -232,7 +239,7 @@ def settings_lines(results: dict[str, Any]) -> list[str]:
         ),
         f"- Fine-tuning: label budgets {ft['num_train']} labelled scenes (nested: the first N of one set), "
         f"{ft['image_size'][0]}×{ft['image_size'][1]} px{scenes}; {held_out}; {steps_text} × batch "
-        f"{ft['batch_size']}, AdamW lr {ft['lr']} (poly decay); {selection}; {seeds} (model init and data order; the "
+        f"{ft['batch_size']}, AdamW lr {ft['lr']} ({schedule}); {selection}; {seeds} (model init and data order; the "
         "data are the same)" + (f"; overrides {ft['overrides']}" if ft["overrides"] else "") + ".",
     ]
     if not ft.get("val_every_n_steps"):
@@ -551,7 +558,8 @@ def demo_figures(results: dict[str, Any], out: Path) -> list[Path]:
                 if record.get("state") not in ("done", "cached"):
                     continue
                 runs.append(outputs.get("train_curve") or [])
-                file = Path(outputs.get("predictions") or "")
+                stage_dir = out / "stages" / finetune_stage_name(task, name, budget, seed)
+                file = stage_dir / outputs["predictions"] if outputs.get("predictions") else Path()
                 if name not in predictions and file.is_file():
                     predictions[name] = np.load(file)["prediction"]
             if runs:

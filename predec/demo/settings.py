@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from predec.config import ConfigError, load_config
 
@@ -190,8 +190,14 @@ class FinetuneSettings:
         val_every_n_steps: validate every N steps and end each run with its best validation's weights (the task's
             main metric); None: the last weights, validated once at the end.
         patience: stop a run after this many validations without improvement (needs ``val_every_n_steps``).
+        schedule: ``poly`` (decay to 0 over ``max_steps`` after a linear warm-up of a tenth of the steps) or
+            ``plateau`` (constant after a 100-step warm-up; × 0.1 after ``plateau_patience`` validations without
+            improvement; needs ``val_every_n_steps``: runs end on their validation plateau, ``max_steps`` is a cap).
+        plateau_patience: ``plateau``: validations without improvement before the learning rate is lowered.
+        min_delta: per task, the smallest change of the validation metric that counts as an improvement (early
+            stopping and ``plateau``; e.g. ``{segmentation: 0.002, depth: 0.001}``); a task left out: 0.
         batch_size: images per step.
-        lr: AdamW learning rate (poly decay after a linear warm-up of a tenth of the steps).
+        lr: AdamW learning rate.
         grid_images: evaluation images shown in the prediction grids.
         keep_models: keep each variant's fine-tuned model (first seed, ``run/model``); otherwise only metrics, logs
             and the grid predictions stay.
@@ -213,6 +219,9 @@ class FinetuneSettings:
     max_steps: int | dict[int, int] = 200
     val_every_n_steps: int | None = None
     patience: int | None = None
+    schedule: Literal["poly", "plateau"] = "poly"
+    plateau_patience: int = 3
+    min_delta: dict[str, float] = field(default_factory=dict)
     batch_size: int = 8
     lr: float = 1e-3
     grid_images: int = 4
@@ -320,8 +329,14 @@ def load_demo_config(source: str | Path, overrides: Sequence[str] = ()) -> DemoC
         ft.max_steps = steps
     elif ft.max_steps < 1:
         raise ConfigError(f"{path}: finetune.max_steps={ft.max_steps}: need >= 1.")
-    if ft.patience is not None and ft.val_every_n_steps is None:
-        raise ConfigError(f"{path}: finetune.patience needs finetune.val_every_n_steps (how often to validate).")
+    for key, chosen in (("patience", ft.patience is not None), ("schedule=plateau", ft.schedule == "plateau")):
+        if chosen and ft.val_every_n_steps is None:
+            raise ConfigError(f"{path}: finetune.{key} needs finetune.val_every_n_steps (how often to validate).")
+    unknown = sorted(set(ft.min_delta) - set(TASKS))
+    if unknown or any(not isinstance(v, (int, float)) or v < 0 for v in ft.min_delta.values()):
+        raise ConfigError(
+            f"{path}: finetune.min_delta={ft.min_delta}: give a number >= 0 per task ({', '.join(TASKS)})."
+        )
     if config.probe.variants and not config.probe.seeds:
         raise ConfigError(f"{path}: probe.seeds is empty; give at least one.")
     size = list(ft.image_size)

@@ -219,6 +219,8 @@ def plan(config: DemoConfig, from_scratch: bool = False) -> list[Stage]:
         "image_size": ft.image_size,
         "scene_options": ft.scene_options,
     }
+    # Seed-major: every variant's first seed before anyone's second, so a partial run already compares them all.
+    finetune = []
     for task in ft.tasks:
         for v in chosen:
             needs, weights = needs_and_weights(v)
@@ -237,9 +239,10 @@ def plan(config: DemoConfig, from_scratch: bool = False) -> list[Stage]:
                                      "reference_seeds": None, "num_train": None, "keep_models": None,
                                      "max_steps": ft.steps_of(num_train)},
                     }  # fmt: skip
-                    keep = ft.keep_models and seed == ft.seeds_of(v.name)[0]
+                    rank = ft.seeds_of(v.name).index(seed)
+                    keep = ft.keep_models and rank == 0
                     name = finetune_stage_name(task, v.name, num_train, seed)
-                    stages.append(Stage(name, "finetune", plain(spec), needs, keep))
+                    finetune.append((rank, Stage(name, "finetune", plain(spec), needs, keep)))
     pr = config.probe
     for task in ft.tasks:
         for v in (variant(n) for n in pr.variants):
@@ -258,6 +261,7 @@ def plan(config: DemoConfig, from_scratch: bool = False) -> list[Stage]:
                 }
                 name = probe_stage_name(task, v.name, pr.num_train, seed)
                 stages.append(Stage(name, "probe", plain(spec), needs, keep_model=False))
+    stages += [stage for _, stage in sorted(finetune, key=lambda item: item[0])]  # stable: plan order within a rank
     return stages
 
 
@@ -299,13 +303,24 @@ def finetune_config(spec: dict[str, Any], weights: dict[str, str | None], run_di
             "eval_batch_size": 50,
         },
         "optim": {"name": "adamw", "lr": s.get("lr", 1e-3), "weight_decay": 0.01},
-        "schedule": {"name": "poly", "warmup_steps": max(1, steps // 10), "warmup_ratio": 0.01},
+        "schedule": (
+            {
+                "name": "plateau",
+                "warmup_steps": min(100, max(1, steps // 10)),
+                "warmup_ratio": 0.01,
+                "gamma": 0.1,
+                "plateau_patience": s["plateau_patience"],
+            }
+            if s.get("schedule") == "plateau"
+            else {"name": "poly", "warmup_steps": max(1, steps // 10), "warmup_ratio": 0.01}
+        ),
         "trainer": {
             "precision": "auto",
             "max_steps": steps,
             "val_every_n_steps": validate,
             "monitor": "auto" if validate else None,
             "patience": s.get("patience"),
+            "min_delta": float((s.get("min_delta") or {}).get(task, 0.0)),
             "checkpoint_every_n_steps": steps,  # the demo resumes per stage; one write per run
             "log_every_n_steps": max(1, min(10, steps // 10)),
             "progress_bar": progress_bar,
@@ -463,7 +478,7 @@ def _run_finetune(stage: Stage, stage_dir: Path, inputs: dict, progress: bool) -
         "weight_change": weight_change(initial, final),
         "csv": _csv_log(result.run_dir),
         "train_curve": train_curve(_csv_log(result.run_dir)),
-        "predictions": str(predictions),
+        "predictions": predictions.name,  # in the stage directory: the stage records can move with it
         "model_dir": str(result.run_dir.model_dir),
     }
     if "selection" in record:
