@@ -3,16 +3,18 @@ options, head, loss, resolution and label budget as arguments, scored on held-ou
 
 Usage (each line of docs/demo.md's "Depth that learns" table is one call)::
 
-    python benchmarks/depth_study.py --num-train 512 --steps 1500                               # the scenes as they were
-    python benchmarks/depth_study.py --num-train 512 --steps 1500 --fixed-pose                  # camera 1.3 m, 15°
-    python benchmarks/depth_study.py --num-train 512 --steps 1500 --fixed-pose --head-convs 2   # non-linear FPN head
+    python benchmarks/depth_study.py --num-train 512 --steps 1500                              # scenes as they were
+    python benchmarks/depth_study.py --num-train 512 --steps 1500 --fixed-pose                 # camera 1.3 m, 15°
+    python benchmarks/depth_study.py --num-train 512 --steps 1500 --fixed-pose --head-convs 2  # non-linear FPN head
     python benchmarks/depth_study.py ... --arch unet | --size 128 | --loss silog | --loss logl1 | --encoder-lr-mult 0.1
+    python benchmarks/depth_study.py ... --batch-size 16 | --jitter 0.2
 
 A plain PyTorch loop on cached, normalised tensors (the labelled scenes of the demo, seed 10; held-out scenes seed
-11, 200 of them): AdamW (weight decay 0.01), 50 warm-up steps then cosine decay, batch 8, horizontal flips; the
-encoder (and ×Net decoder backbone) from the zoo's classifier. Prints a JSON line every fifth of the run (held-out
-δ1 / AbsRel, and the same on the first 100 training scenes; with median scaling too: the scale-aligned ceiling) and
-a final line with the per-class δ1 / AbsRel. One thread by default, as a demo worker.
+11, 200 of them): AdamW (weight decay 0.01), 50 warm-up steps then cosine decay, batch 8, horizontal flips (options:
+batch size, photometric jitter); the encoder (and ×Net decoder backbone) from the zoo's classifier. Prints a JSON
+line every fifth of the run (held-out δ1 / AbsRel, and the same on the first 100 training scenes; with median
+scaling too: the scale-aligned ceiling) and a final line with the per-class δ1 / AbsRel. One thread by default, as a
+demo worker.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class PanopticBranch(nn.Module):
         super().__init__()
 
         def block(c_in: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(c_in, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())
+            conv = nn.Conv2d(c_in, channels, 3, padding=1, bias=False)
+            return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU())
 
         self.levels = nn.ModuleList(
             nn.ModuleList(block(in_channels if i == 0 else channels) for i in range(max(1, k))) for k in range(4)
@@ -132,6 +135,8 @@ def main() -> None:
     parser.add_argument("--loss", choices=["silog0", "silog", "logl1"], default="silog0")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--encoder-lr-mult", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--jitter", type=float, default=0.0, help="per-image, per-channel gain and offset ±jitter")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -165,10 +170,13 @@ def main() -> None:
 
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
-        index = torch.randint(0, args.num_train, (8,))
+        index = torch.randint(0, args.num_train, (args.batch_size,))
         x, d = train_x[index], train_d[index]
-        flip = (torch.rand(8) < 0.5).view(-1, 1, 1, 1)
+        flip = (torch.rand(args.batch_size) < 0.5).view(-1, 1, 1, 1)
         x, d = torch.where(flip, x.flip(-1), x), torch.where(flip, d.flip(-1), d)
+        if args.jitter:  # photometric only: the geometry, hence the depth, is unchanged
+            gain, offset = (1 + args.jitter * (2 * torch.rand(2, args.batch_size, 3, 1, 1) - 1)).unbind(0)
+            x = x * gain + (offset - 1)
         loss = loss_fn(args.loss, model(x), d)
         optimizer.zero_grad()
         loss.backward()
