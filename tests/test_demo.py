@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 
 import pytest
+import torch
 
 from predec.cli import main
 from predec.config import ConfigError
@@ -332,3 +334,19 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (tmp_path / "predictions_depth.png").is_file() and (tmp_path / "curves_segmentation.png").is_file()
     # budget: 180 s on 2 idle cores (docs/demo.md); twice that allows a slower CI machine
     assert seconds < 360, f"predec demo --quick took {seconds:.0f} s (budget: 180 s on 2 idle cores)"
+
+    # A stage's recorded command re-runs it alone, from the output directory, to the same test metrics.
+    entry = results["variants"]["segmentation"]["xnet_pt_dec"]["budgets"]["32"]
+    seed, command = next(iter(entry["commands"].items()))
+    argv = command.split()
+    assert argv[:2] == ["predec", "train"]
+    cwd, threads = os.getcwd(), torch.get_num_threads()
+    os.chdir(tmp_path)
+    torch.set_num_threads(1)  # as a demo worker (threads_per_worker: 1): the same kernels
+    try:
+        assert main([*argv[1:], "trainer.progress_bar=false"]) == 0
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+    rerun = json.loads((tmp_path / argv[-1] / "metrics.json").read_text())["metrics"]
+    assert rerun["mIoU"] == pytest.approx(entry["per_seed"][seed]["mIoU"], abs=1e-6)

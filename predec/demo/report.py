@@ -258,6 +258,10 @@ def settings_lines(results: dict[str, Any]) -> list[str]:
             f"{probe['seeds']}."
         )
     lines.append(f"- Noise rule: a difference exceeds the noise if {results['noise_rule']}.")
+    lines.append(
+        "- Re-running one run: `results.json` → `variants.<task>.<variant>.budgets.<labels>.commands.<seed>` (from the "
+        "output directory; the stage's recipe `stages/<stage>/run/config.yaml` into a new run directory)."
+    )
     return lines
 
 

@@ -96,6 +96,9 @@ def _budget_entry(records: dict[str, dict[str, Any]], task: str) -> dict[str, An
     changes = [out["weight_change"] for out in extra.values() if out.get("weight_change")]
     if changes:
         entry["weight_change"] = {k: sum(c[k] for c in changes) / len(changes) for k in changes[0]}
+    commands = {seed: out["command"] for seed, out in extra.items() if out.get("command")}
+    if commands:
+        entry["commands"] = commands
     selections = {seed: out["selection"] for seed, out in extra.items() if out.get("selection")}
     if selections:
         entry["selection"] = {

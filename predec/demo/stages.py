@@ -479,6 +479,7 @@ def _run_finetune(stage: Stage, stage_dir: Path, inputs: dict, progress: bool) -
         "csv": _csv_log(result.run_dir),
         "train_curve": train_curve(_csv_log(result.run_dir)),
         "predictions": predictions.name,  # in the stage directory: the stage records can move with it
+        "command": rerun_command(stage.name),
         "model_dir": str(result.run_dir.model_dir),
     }
     if "selection" in record:
@@ -488,6 +489,13 @@ def _run_finetune(stage: Stage, stage_dir: Path, inputs: dict, progress: bool) -
     if task == "segmentation":
         outputs["per_class_iou"] = [float(v) for v in metrics.get("IoU", [])]
     return outputs
+
+
+def rerun_command(stage_name: str) -> str:
+    """The command that re-runs a fine-tuning stage alone, from the demo's output directory: ``predec train`` on the
+    recipe the stage ran (``stages/<name>/run/config.yaml``: weights by zoo name, data, schedule, selection and test
+    split), into a new run directory."""
+    return f"predec train --config stages/{stage_name}/run/config.yaml --run-dir rerun/{stage_name}"
 
 
 def train_curve(csv_file: str, points: int = 100) -> list[list[float]]:
