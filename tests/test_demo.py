@@ -91,8 +91,13 @@ def test_plan_from_the_zoo_and_from_scratch():
 
     scratch = {s.name: s for s in plan(config, from_scratch=True)}
     zoo = [n for n in scratch if n.startswith("zoo/")]
-    assert zoo[0] == "zoo/synth-resnet18h-cls" and len(zoo) == 4
+    assert zoo[0] == "zoo/synth-resnet18h-cls" and len(zoo) == 5
     assert scratch["zoo/synth-resnet18h-slotcon"].needs == ("zoo/synth-resnet18h-cls",)
+    assert scratch["zoo/synth-resnet18h-xnet-decon"].needs == ("zoo/synth-resnet18h-cls",)
+    assert "zoo/synth-resnet18h-xnet-decon" in scratch["finetune/depth/xnet_decon_dec/n32/seed0"].needs
+    decon_xnet = stages["finetune/depth/xnet_decon_dec/n32/seed0"].spec
+    assert decon_xnet["weights"] == dict.fromkeys(("encoder", "decoder"), "predec:synth-resnet18h-xnet-decon")
+    assert decon_xnet["model"] == xnet.spec["model"]  # the same ×Net as xnet_pt_dec: only the weights differ
     assert scratch["finetune/depth/fpn_decon_ml/n32/seed0"].needs == ("zoo/synth-resnet18h-fpn-decon-ml",)
     assert scratch["finetune/depth/fpn_scratch/n32/seed0"].needs == ()
 
@@ -350,3 +355,50 @@ def test_quick_demo_end_to_end(tmp_path):
         torch.set_num_threads(threads)
     rerun = json.loads((tmp_path / argv[-1] / "metrics.json").read_text())["metrics"]
     assert rerun["mIoU"] == pytest.approx(entry["per_seed"][seed]["mIoU"], abs=1e-6)
+
+
+def test_extra_label_budgets_for_one_variant_reach_stages_results_and_report(tmp_path):
+    """``finetune.extra_num_train`` adds a budget to one variant only: its stages, its row in results.json and the
+    report, no comparison at that budget, the label curve drawn through it; max_steps must cover it."""
+    from predec.demo.report import write_all
+    from predec.demo.results import collect_results
+
+    overrides = [
+        "finetune.tasks=[depth]",
+        "finetune.variants=[xnet_pt_dec,xnet_rand_dec,fpn_pt_enc]",
+        "finetune.seeds=[0,1]",
+        "finetune.reference_seeds=[0]",
+        "finetune.num_train=[16,32]",
+        "finetune.extra_num_train={fpn_pt_enc: [128]}",
+    ]
+    with pytest.raises(ConfigError, match=r"one per label budget of finetune\.num_train=\[16, 32\] and extra_num"):
+        load_demo_config("quick", [*overrides, "finetune.max_steps={16: 4, 32: 8}"])
+    with pytest.raises(ConfigError, match=r"finetune\.extra_num_train=\{'nope': \[128\]\}: give \{variant"):
+        load_demo_config("quick", ["finetune.extra_num_train={nope: [128]}"])
+    config = load_demo_config("quick", [*overrides, "finetune.max_steps={16: 4, 32: 8, 128: 16}"])
+    stages = plan(config)
+    names = {s.name for s in stages}
+    assert "finetune/depth/fpn_pt_enc/n128/seed0" in names
+    assert not any("/n128/" in n for n in names if "xnet" in n)
+    extra = next(s for s in stages if s.name == "finetune/depth/fpn_pt_enc/n128/seed0")
+    assert extra.spec["settings"]["max_steps"] == 16
+
+    def done(stage):  # a finished run whose AbsRel falls with the budget
+        budget = stage.spec["num_train"]
+        metrics = dict.fromkeys(TASK_METRICS["depth"], 0.5)
+        metrics["abs_rel"] = 1.0 / budget + 0.001 * stage.spec["seed"]
+        return {"state": "done", "seconds": 1.0, "outputs": {"metrics": metrics}}
+
+    states = {s.name: done(s) for s in stages if s.kind == "finetune"}
+    results = collect_results(config, stages, states, 10.0, "0 0 0", "0 0 0")
+    budgets = results["variants"]["depth"]["fpn_pt_enc"]["budgets"]
+    assert sorted(budgets, key=int) == ["16", "32", "128"]
+    assert budgets["128"]["mean"]["abs_rel"] == pytest.approx(1 / 128)
+    assert "128" not in results["variants"]["depth"]["xnet_pt_dec"]["budgets"]
+    assert {c["num_train"] for c in results["comparisons"]} == {16, 32}
+    paths = write_all(results, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Depth, 128 labelled scenes" in report and "fpn_pt_enc also [128]" in report
+    table = report.split("## Depth, 128 labelled scenes")[1].split("##")[0]
+    assert "fpn_pt_enc" in table and "xnet_pt_dec" not in table
+    assert tmp_path / "labels_depth_abs_rel.png" in paths

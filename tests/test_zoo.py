@@ -68,6 +68,12 @@ def test_shipped_recipes_are_valid_and_ordered():
     for name in names:
         for dependency in dependencies(load_recipe(name)).values():
             assert order.index(dependency) < order.index(name)
+    xnet = load_recipe("synth-resnet18h-xnet-decon")  # ×Net × DeCon: encoder and decoder backbone from the classifier
+    assert (xnet.method, xnet.model.arch, xnet.model.decoder) == ("decon-sl", "xnet", "resnet18")
+    assert dependencies(xnet) == {
+        "model.encoder_weights": "synth-resnet18h-cls",
+        "model.decoder_weights": "synth-resnet18h-cls",
+    }
 
 
 def test_shipped_entries_verify_and_load():

@@ -67,20 +67,30 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _budgets(results: dict[str, Any]) -> list[str]:
+    """The label budgets every variant ran (``finetune.num_train``)."""
     return [str(n) for n in results["settings"]["finetune"]["num_train"]]
+
+
+def _all_budgets(results: dict[str, Any]) -> list[str]:
+    """Every label budget any variant ran: the shared ones, then those of ``finetune.extra_num_train``."""
+    shared = [int(b) for b in _budgets(results)]
+    extra = {n for budgets in (results["settings"]["finetune"].get("extra_num_train") or {}).values() for n in budgets}
+    return [str(n) for n in shared + sorted(extra - set(shared))]
 
 
 def variant_rows(results: dict[str, Any], task: str, budget: str) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the per-variant table of ``task`` at label budget ``budget`` (mean ± std over seeds;
     with model selection, the mean step chosen and how many runs' validation curves flattened)."""
     metrics = TASK_METRICS[task]
-    entries = {name: v["budgets"][budget] for name, v in results["variants"][task].items()}
+    entries = {name: v["budgets"][budget] for name, v in results["variants"][task].items() if budget in v["budgets"]}
     selected = any(e.get("selection") for e in entries.values())
     headers = ["variant", "description", *(METRIC_LABELS[m] for m in metrics), "seeds"]
     headers += ["step chosen", "flattened"] if selected else []
     headers.append("state")
     rows = []
     for name, variant in results["variants"][task].items():
+        if name not in entries:
+            continue
         entry = entries[name]
         cells = [format_mean_std(entry["mean"].get(m), entry["std"].get(m)) for m in metrics]
         state = entry["state"]
@@ -155,7 +165,7 @@ def summary_table(results: dict[str, Any]) -> str:
     """The per-variant tables of every task and budget as plain markdown (printed at the end of ``predec demo``)."""
     parts = []
     for task in results["variants"]:
-        for budget in _budgets(results):
+        for budget in _all_budgets(results):
             headers, rows = variant_rows(results, task, budget)
             parts.append(f"{task}, {budget} labelled scenes (mean ± std over seeds):")
             parts.append(markdown_table(headers, rows))
@@ -237,7 +247,9 @@ def settings_lines(results: dict[str, Any]) -> list[str]:
             if results.get("from_scratch")
             else "predec's model zoo, loaded by name and sha256-checked (no pre-training ran)."
         ),
-        f"- Fine-tuning: label budgets {ft['num_train']} labelled scenes (nested: the first N of one set), "
+        f"- Fine-tuning: label budgets {ft['num_train']} labelled scenes (nested: the first N of one set)"
+        + "".join(f", {name} also {extra}" for name, extra in (ft.get("extra_num_train") or {}).items())
+        + ", "
         f"{ft['image_size'][0]}×{ft['image_size'][1]} px{scenes}; {held_out}; {steps_text} × batch "
         f"{ft['batch_size']}, AdamW lr {ft['lr']} ({schedule}); {selection}; {seeds} (model init and data order; the "
         "data are the same)" + (f"; overrides {ft['overrides']}" if ft["overrides"] else "") + ".",
@@ -311,7 +323,7 @@ def report_markdown(results: dict[str, Any], figures: Sequence[Path] = ()) -> st
     headers, rows = zoo_rows(results)
     lines += [markdown_table(headers, rows) if rows else "(no pre-trained weights used)", ""]
     for task in results["variants"]:
-        for budget in _budgets(results):
+        for budget in _all_budgets(results):
             headers, rows = variant_rows(results, task, budget)
             lines += [f"## {task.capitalize()}, {budget} labelled scenes: mean ± std over seeds", ""]
             lines += [markdown_table(headers, rows), ""]
@@ -470,7 +482,7 @@ def validation_curves(results: dict[str, Any], task: str, path: Path) -> Path | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    budgets = _budgets(results)
+    budgets = _all_budgets(results)
     runs: dict[str, dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {b: {} for b in budgets}
     for name in results["variants"][task]:
         for budget in budgets:
@@ -515,20 +527,20 @@ def label_efficiency(results: dict[str, Any], task: str, metric: str, path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    budgets = [int(b) for b in _budgets(results)]
+    budgets = [int(b) for b in _all_budgets(results)]
     fig, ax = plt.subplots(figsize=(6.5, 4.0))
     colors = plt.get_cmap("tab10")
     for i, (name, variant) in enumerate(results["variants"][task].items()):
         points = [
-            (n, variant["budgets"][str(n)]["mean"].get(metric), variant["budgets"][str(n)]["std"].get(metric))
-            for n in budgets
+            (int(n), entry["mean"].get(metric), entry["std"].get(metric))
+            for n, entry in sorted(variant["budgets"].items(), key=lambda item: int(item[0]))
         ]
         points = [(n, m, s or 0.0) for n, m, s in points if m is not None]
         if points:
             xs, ms, ss = zip(*points)
             ax.errorbar(xs, ms, yerr=ss, color=colors(i % 10), marker="o", ms=3, lw=1.2, capsize=3, label=name)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(budgets, [str(n) for n in budgets])
+    ax.set_xticks(sorted(budgets), [str(n) for n in sorted(budgets)])
     ax.set_xlabel("labelled training scenes")
     ax.set_ylabel(METRIC_LABELS[metric])
     ax.set_title(f"{task}: {metric} vs labels (mean ± std over seeds)", fontsize=9)

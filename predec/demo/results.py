@@ -210,7 +210,7 @@ def collect_results(
         variants[task] = {}
         for name in ft.variants:
             budgets = {}
-            for num_train in ft.num_train:
+            for num_train in ft.budgets_of(name):
                 records = {
                     str(seed): stage_records[finetune_stage_name(task, name, num_train, seed)]
                     for seed in ft.seeds_of(name)
@@ -223,10 +223,11 @@ def collect_results(
             }
     comparisons = []
     for task in ft.tasks:
-        for num_train in ft.num_train:
+        for num_train in ft.all_budgets():
             for c in COMPARISONS:
-                if c.a in variants[task] and c.b in variants[task]:
-                    entries = (variants[task][n]["budgets"][str(num_train)] for n in (c.a, c.b))
+                pair = [variants[task].get(n, {}).get("budgets", {}).get(str(num_train)) for n in (c.a, c.b)]
+                if all(entry is not None for entry in pair):
+                    entries = iter(pair)
                     comparisons += _comparison_rows(task, num_train, c, *entries)
     probe: dict[str, Any] = {}
     pr = config.probe

@@ -179,6 +179,8 @@ class FinetuneSettings:
         reference_seeds: seeds of the other variants (None: ``seeds``).
         num_train: label budgets: numbers of labelled training scenes (the first N of one generated set, so smaller
             budgets are subsets of larger ones); several give a label-efficiency curve. One number is one budget.
+        extra_num_train: more label budgets for some variants only (``{fpn_pt_enc: [2048]}``): a reference run
+            beyond the shared budgets without the cost of running every variant there.
         num_val: held-out scenes evaluated during training (the validation split that selects the weights), and at
             the end when there is no test split.
         num_test: test scenes (another generator seed) evaluated once with the selected weights; 0: none (the final
@@ -212,6 +214,7 @@ class FinetuneSettings:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     reference_seeds: list[int] | None = None
     num_train: list[int] | int = field(default_factory=lambda: [256])
+    extra_num_train: dict[str, list[int]] = field(default_factory=dict)
     num_val: int = 100
     num_test: int = 0
     image_size: list[int] = field(default_factory=lambda: [96, 96])
@@ -233,6 +236,14 @@ class FinetuneSettings:
         if variant_name in DECISIVE_VARIANTS or self.reference_seeds is None:
             return list(self.seeds)
         return list(self.reference_seeds)
+
+    def budgets_of(self, variant_name: str) -> list[int]:
+        """The label budgets ``variant_name`` is trained with: ``num_train`` and its ``extra_num_train``."""
+        return sorted({*self.num_train, *self.extra_num_train.get(variant_name, [])})
+
+    def all_budgets(self) -> list[int]:
+        """Every label budget any variant is trained with."""
+        return sorted({n for name in self.variants for n in self.budgets_of(name)})
 
     def steps_of(self, num_train: int) -> int:
         """The optimiser steps of a run on ``num_train`` labelled scenes."""
@@ -319,12 +330,20 @@ def load_demo_config(source: str | Path, overrides: Sequence[str] = ()) -> DemoC
         raise ConfigError(f"{path}: finetune.reference_seeds is empty; give at least one seed, or null (= seeds).")
     if any(n < 1 for n in ft.num_train) or len(set(ft.num_train)) != len(ft.num_train):
         raise ConfigError(f"{path}: finetune.num_train={ft.num_train}: need distinct label budgets >= 1.")
+    for name, extra in ft.extra_num_train.items():
+        valid = isinstance(extra, list) and all(isinstance(n, int) and n >= 1 for n in extra)
+        if name not in ft.variants or not valid:
+            raise ConfigError(
+                f"{path}: finetune.extra_num_train={ft.extra_num_train}: give {{variant: [label budgets >= 1]}} for "
+                f"variants of finetune.variants={ft.variants}."
+            )
     if isinstance(ft.max_steps, dict):
         steps = {int(k): v for k, v in ft.max_steps.items()} if all(str(k).isdigit() for k in ft.max_steps) else {}
-        if set(steps) != set(ft.num_train) or not all(isinstance(v, int) and v >= 1 for v in steps.values()):
+        budgets = ft.all_budgets()
+        if not set(budgets) <= set(steps) or not all(isinstance(v, int) and v >= 1 for v in steps.values()):
             raise ConfigError(
                 f"{path}: finetune.max_steps={ft.max_steps}: give one number of steps >= 1, or one per label budget "
-                f"of finetune.num_train={ft.num_train} (e.g. {dict.fromkeys(ft.num_train, 1000)})."
+                f"of finetune.num_train={ft.num_train} and extra_num_train (e.g. {dict.fromkeys(budgets, 1000)})."
             )
         ft.max_steps = steps
     elif ft.max_steps < 1:

@@ -192,7 +192,7 @@ def plan(config: DemoConfig, from_scratch: bool = False) -> list[Stage]:
                 wanted.add(dependency)
         for name in build_order(sorted(wanted)):
             recipe = load_recipe(name, overrides)
-            needs = tuple(zoo_stage_name(d) for d in dependencies(recipe).values())
+            needs = tuple(dict.fromkeys(zoo_stage_name(d) for d in dependencies(recipe).values()))
             spec = {"entry": name, "overrides": overrides, "recipe": to_dict(recipe)}
             stages.append(Stage(zoo_stage_name(name), "zoo", plain(spec), needs))
         provided = {s: {"stage": zoo_stage_name(config.zoo.entry(s))} for s in sources}
@@ -224,7 +224,7 @@ def plan(config: DemoConfig, from_scratch: bool = False) -> list[Stage]:
     for task in ft.tasks:
         for v in chosen:
             needs, weights = needs_and_weights(v)
-            for num_train in ft.num_train:
+            for num_train in ft.budgets_of(v.name):
                 for seed in ft.seeds_of(v.name):
                     spec = {
                         "task": task,
@@ -236,7 +236,8 @@ def plan(config: DemoConfig, from_scratch: bool = False) -> list[Stage]:
                         "zoo": {s: provided[s].get("sha256") for s in v.sources},
                         "data_seed": config.data_seed,
                         "settings": {**to_dict(ft), "tasks": None, "variants": None, "seeds": None,
-                                     "reference_seeds": None, "num_train": None, "keep_models": None,
+                                     "reference_seeds": None, "num_train": None, "extra_num_train": None,
+                                     "keep_models": None,
                                      "max_steps": ft.steps_of(num_train)},
                     }  # fmt: skip
                     rank = ft.seeds_of(v.name).index(seed)
