@@ -107,7 +107,9 @@ class Comparison:
 COMPARISONS: tuple[Comparison, ...] = (
     Comparison("xnet_pt_dec", "xnet_rand_dec", "×Net: pre-trained vs random decoder"),
     Comparison("fpn_decon_ml", "fpn_slotcon", "FPN: DeCon-ML (encoder + decoder) vs SlotCon (encoder only)"),
-    Comparison("fpn_decon_sl", "fpn_slotcon", "FPN: DeCon-SL (encoder + decoder) vs SlotCon (encoder only)"),
+    Comparison(
+        "fpn_decon_sl", "fpn_slotcon", "FPN: DeCon-SL (encoder + decoder) vs SlotCon (encoder only)", decisive=False
+    ),
     Comparison("xnet_decon_dec", "xnet_pt_dec", "×Net × DeCon: DeCon- vs classifier-pre-trained ×Net decoder"),
     Comparison("xnet_decon_dec", "xnet_rand_dec", "×Net × DeCon: DeCon-pre-trained vs random ×Net decoder"),
     Comparison(
