@@ -43,6 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may also follow the flags (``--overwrite trainer.max_steps=20``).
+
+    argparse ends a positional list at the first flag, so overrides after one come back unknown: they join the
+    command's overrides (``overrides``, or ``names`` for ``predec zoo``). Anything else unknown is an error.
+    """
+    args, unknown = parser.parse_known_args(argv)
+    positional = next((name for name in ("overrides", "names") if isinstance(getattr(args, name, None), list)), None)
+    if unknown and positional and all("=" in a and not a.startswith("-") for a in unknown):
+        getattr(args, positional).extend(unknown)
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``predec`` console script (``argv`` None: ``sys.argv``, and the process is first
     re-executed under the caching allocator, see :mod:`predec.allocator`; a list: run in this process as it is)."""
@@ -51,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         reexec_with_allocator(sys.argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0

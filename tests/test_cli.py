@@ -1,0 +1,30 @@
+"""The ``predec`` argument parser: overrides before and after flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from predec.cli import build_parser, parse_args
+
+
+def test_overrides_may_follow_flags():
+    parser = build_parser()
+    args = parse_args(
+        parser, ["train", "--config", "dense/synth_seg_fpn", "a.b=1", "--overwrite", "trainer.max_steps=20"]
+    )
+    assert args.overrides == ["a.b=1", "trainer.max_steps=20"] and args.overwrite
+    args = parse_args(parser, ["zoo", "build", "synth-resnet18h-slotcon", "--out", "d", "trainer.max_steps=3"])
+    assert args.names == ["synth-resnet18h-slotcon", "trainer.max_steps=3"] and str(args.out) == "d"
+    args = parse_args(parser, ["demo", "--quick", "--out", "d", "finetune.seeds=[0]"])
+    assert args.overrides == ["finetune.seeds=[0]"]
+
+
+def test_unknown_flags_and_words_are_still_refused(capsys):
+    parser = build_parser()
+    for argv in (["train", "--config", "c", "--bogus"], ["train", "--config", "c", "a=1", "--overwrite", "stray"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(parser, argv)
+        assert exit_info.value.code == 2
+        assert "unrecognized arguments: " + argv[-1] in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(parser, ["export", "--checkpoint", "c", "x=1"])  # export takes no overrides
