@@ -208,3 +208,10 @@ def test_default_precision_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
     assert trainer.default_precision("cpu") == "bf16-mixed"
     assert trainer.resolve_precision(load_config(None, ["trainer.precision=16-mixed"]).trainer) == "16-mixed"
+
+
+def test_eval_depth_checkpoint_with_another_depth_range_is_an_error(runs, capsys):
+    """The depth head's range scales its output: evaluating with another max_depth would report other depths."""
+    checkpoint = runs["depth", "fpn"] / "checkpoints" / "last.ckpt"
+    assert main(["eval", "--checkpoint", str(checkpoint), "model.max_depth=15.0"]) == 2
+    assert "model.max_depth: 10.0 in the checkpoint, 15.0 in the config" in capsys.readouterr().err

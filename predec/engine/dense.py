@@ -31,8 +31,11 @@ MODEL_IDENTITY_KEYS: tuple[str, ...] = (
     "encoder_kwargs",
     "decoder_kwargs",
     "head_kwargs",
+    "max_depth",
+    "min_depth",
 )
-"""Model settings that define the architecture (and so the checkpoint keys and shapes)."""
+"""Model settings that define the architecture (and so the checkpoint keys and shapes), and the depth head's range
+(it scales the output: a depth checkpoint run with another range predicts other depths)."""
 VAL_HISTORY_KEY = "predec_val_history"
 """Checkpoint entry holding :attr:`DenseModule.val_history`."""
 
@@ -57,6 +60,8 @@ def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -
 
     def identity(config: Mapping[str, Any], key: str) -> Any:
         value = config.get(key) or None  # None, {} and 0-less defaults compare equal
+        if key in ("max_depth", "min_depth"):
+            return float(value or 0.0) if config.get("task") == "depth" else None
         if key in ("encoder", "decoder") and isinstance(value, str):
             return value.split(".", 1)[0]  # a pretrained tag does not change the architecture
         if key == "decoder_kwargs":
