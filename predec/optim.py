@@ -291,7 +291,10 @@ def check_schedule(config: ScheduleConfig, total_steps: int) -> None:
             f"schedule.milestones={config.milestones} must lie in (0, {total_steps}] (the run's optimiser steps)."
         )
     if config.warmup_steps > 0 and config.warmup_steps >= total_steps:
-        raise ValueError(f"schedule.warmup_steps={config.warmup_steps} must be below the run's {total_steps} steps.")
+        raise ValueError(
+            f"schedule.warmup_steps={config.warmup_steps} must be below the run's {total_steps} steps "
+            f"(trainer.max_steps); shorten the warm-up with it, e.g. schedule.warmup_steps={total_steps // 10}."
+        )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, total_steps: int) -> LambdaLR:

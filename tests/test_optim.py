@@ -113,3 +113,5 @@ def test_scheduler_steps_every_group_and_checks_milestones():
     assert head["lr"] / enc["lr"] == pytest.approx(10.0)
     with pytest.raises(ValueError, match="milestones"):
         build_scheduler(opt, ScheduleConfig(name="step", milestones=[50]), total_steps=10)
+    with pytest.raises(ValueError, match=r"warmup_steps=20 must be below the run's 20 steps.*warmup_steps=2\."):
+        build_scheduler(opt, ScheduleConfig(name="poly", warmup_steps=20), total_steps=20)
