@@ -215,6 +215,15 @@ def test_checkpoint_writes_keep_the_previous_valid_one(tmp_path):
     assert io.load_checkpoint(previous)["global_step"] == 1 and io.load_checkpoint(path)["global_step"] == 3
 
 
+def test_an_empty_checksum_sidecar_is_a_corrupt_checkpoint_not_a_crash(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+    (tmp_path / "last.ckpt.sha256").write_text("")
+    with pytest.raises(CorruptCheckpointError, match=r"last\.ckpt.*is corrupt"):
+        read_checkpoint(path)
+
+
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(1)
     np.random.seed(2)

@@ -61,7 +61,8 @@ def verify_checkpoint(path: str | Path) -> bool | None:
         return False
     if not sidecar.is_file():
         return None
-    return sha256_file(path) == sidecar.read_text(encoding="utf-8").split()[0]
+    recorded = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    return bool(recorded) and sha256_file(path) == recorded[0]  # an empty sidecar verifies nothing: a mismatch
 
 
 def _replace_if_exists(source: Path, target: Path) -> None:
