@@ -108,6 +108,21 @@ def test_depth_probe_recovers_a_linear_logit() -> None:
     assert probe(test_features, size=(16, 16)).shape == (8, 1, 16, 16)
 
 
+def test_features_are_standardised_so_their_scale_does_not_matter() -> None:
+    """The probe standardises each channel with the training features' mean and std: a fit on features scaled by
+    1000 and shifted per channel gives the same predictions (the function class is the same, and so is the fit)."""
+    train_features, train_labels = onehot_data(16, seed=0)
+    test_features, _ = onehot_data(4, seed=1)
+    scale = torch.tensor([1000.0, 0.01, 3.0, 50.0]).view(1, 4, 1, 1)
+    shift = torch.tensor([5.0, -2.0, 0.0, 100.0]).view(1, 4, 1, 1)
+    kwargs = {"task": "segmentation", "num_classes": 4, "epochs": 5, "batch_size": 8, "seed": 3}
+    plain, _ = fit_probe(train_features, train_labels, **kwargs)
+    moved, _ = fit_probe(train_features * scale + shift, train_labels, **kwargs)
+    mean = train_features.mean(dim=(0, 2, 3))
+    torch.testing.assert_close(moved.feature_mean.flatten(), mean * scale.flatten() + shift.flatten())
+    torch.testing.assert_close(plain(test_features), moved(test_features * scale + shift), atol=1e-4, rtol=1e-4)
+
+
 def test_depth_bias_starts_at_the_median_depth() -> None:
     features, depth = depth_data(4, seed=0, max_depth=12.0, min_depth=0.2)
     probe, _ = fit_probe(features, depth, task="depth", max_depth=12.0, min_depth=0.2, epochs=1, lr=1e-12)

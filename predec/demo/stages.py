@@ -258,7 +258,8 @@ def plan(config: DemoConfig, from_scratch: bool = False) -> list[Stage]:
                     "weights": weights,
                     "zoo": {s: provided[s].get("sha256") for s in v.sources},
                     "data_seed": config.data_seed,
-                    "settings": {**scenes, "epochs": pr.epochs, "lr": pr.lr},
+                    # the probe's input: stage records of the earlier probe on raw features do not count
+                    "settings": {**scenes, "epochs": pr.epochs, "lr": pr.lr, "features": "standardised"},
                 }
                 name = probe_stage_name(task, v.name, pr.num_train, seed)
                 stages.append(Stage(name, "probe", plain(spec), needs, keep_model=False))

@@ -126,6 +126,11 @@ def decoder_features(model: nn.Module, images: Tensor, batch_size: int = 32) -> 
 class LinearProbe(nn.Module):
     """A 1×1 convolution C → K on frozen decoder features, resized bilinearly to the target size.
 
+    The features are first standardised per channel with the training features' mean and std
+    (:meth:`set_standardization`; identity until set), as MAE's linear probe puts a BatchNorm without affine before
+    its classifier: an affine map of the input, so the probe's function class is unchanged, but the fit converges in
+    a few epochs whatever the features' scale.
+
     Segmentation: logits ``resize(conv1x1(x))``. Depth: ``sigmoid(resize(conv1x1(x))) * (max - min) + min``, the
     resize before the sigmoid as in predec's ``DepthHead``.
 
@@ -155,6 +160,17 @@ class LinearProbe(nn.Module):
         self.max_depth = float(max_depth)
         self.min_depth = float(min_depth)
         self.conv = nn.Conv2d(int(in_channels), self.num_classes or 1, kernel_size=1)
+        self.register_buffer("feature_mean", torch.zeros(1, int(in_channels), 1, 1))
+        self.register_buffer("feature_std", torch.ones(1, int(in_channels), 1, 1))
+
+    @torch.no_grad()
+    def set_standardization(self, features: Tensor) -> None:
+        """Standardise inputs with the per-channel mean and std of ``features`` (N, C, h, w), e.g. the training set
+        (a constant channel keeps std 1)."""
+        mean = features.float().mean(dim=(0, 2, 3), keepdim=True)
+        std = (features.float() - mean).square().mean(dim=(0, 2, 3), keepdim=True).sqrt()
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
 
     def forward(self, features: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Args:
@@ -164,7 +180,7 @@ class LinearProbe(nn.Module):
         Returns:
             Segmentation logits (B, K, H, W), or depth in metres (B, 1, H, W).
         """
-        z = self.conv(features)
+        z = self.conv((features - self.feature_mean) / self.feature_std)
         if size is not None and tuple(z.shape[-2:]) != tuple(size):
             z = F.interpolate(z, size=tuple(size), mode="bilinear", align_corners=False)
         if self.task == "depth":
@@ -274,6 +290,7 @@ def fit_probe(
     probe = LinearProbe(
         train_features.shape[1], task=task, num_classes=num_classes, max_depth=max_depth, min_depth=min_depth
     )
+    probe.set_standardization(train_features)
     _init_probe(probe, train_targets, generator)
     probe = probe.to(device).train()
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
