@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from predec.cli import main
@@ -215,3 +216,16 @@ def test_eval_depth_checkpoint_with_another_depth_range_is_an_error(runs, capsys
     checkpoint = runs["depth", "fpn"] / "checkpoints" / "last.ckpt"
     assert main(["eval", "--checkpoint", str(checkpoint), "model.max_depth=15.0"]) == 2
     assert "model.max_depth: 10.0 in the checkpoint, 15.0 in the config" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_predict_refuses_a_missing_device_and_an_unknown_colormap_in_one_line(runs, images, tmp_path, capsys):
+    checkpoint = str(runs["depth", "fpn"] / "model")
+    common = ["predict", "--checkpoint", checkpoint, str(images[0]), "--out", str(tmp_path / "p")]
+    assert main([*common, "--device", "cuda"]) == 2
+    assert "--device 'cuda': this machine has 0 CUDA device(s); use --device cpu or auto." in capsys.readouterr().err
+    assert main([*common, "--device", "tpu9"]) == 2
+    assert "--device 'tpu9' is not a device" in capsys.readouterr().err
+    assert main([*common, "--colormap", "magmaa"]) == 2
+    assert "--colormap 'magmaa' is not a matplotlib colormap. Did you mean magma" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

@@ -85,6 +85,41 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def resolve_device(name: str) -> Any:
+    """The ``torch.device`` of ``--device`` (``auto``: cuda if available), checked to exist on this machine.
+
+    Raises:
+        ValueError: an unknown device string, or a CUDA device on a machine without (that) GPU.
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(f"--device {name!r}: this machine has {count} CUDA device(s); use --device cpu or auto.")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name!r}: predict runs on cpu or cuda; use auto, cpu, cuda or cuda:N.")
+    return device
+
+
+def check_colormap(name: str) -> None:
+    """Raise ``ValueError`` naming close matplotlib colormaps if ``name`` is not one."""
+    import difflib
+
+    from matplotlib import colormaps
+
+    if name not in colormaps:
+        close = difflib.get_close_matches(name, list(colormaps), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " E.g. magma, viridis, plasma, turbo."
+        raise ValueError(f"--colormap {name!r} is not a matplotlib colormap.{hint}")
+
+
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -97,6 +132,8 @@ def _predict(args: argparse.Namespace) -> int:
     from predec.data.transforms import eval_transform
     from predec.engine.dense_checkpoint import inference_config, load_dense_checkpoint, load_inference_module
 
+    device = resolve_device(args.device)  # bad options fail before the checkpoint is read
+    check_colormap(args.colormap)
     checkpoint = load_dense_checkpoint(args.checkpoint)
     config = inference_config(checkpoint)
     if args.flip:
@@ -104,8 +141,6 @@ def _predict(args: argparse.Namespace) -> int:
     if args.resize:
         config.eval.resize = list(args.resize)
     module = load_inference_module(checkpoint, config)
-    auto_device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto_device if args.device == "auto" else args.device)
     module = module.to(device).eval()
     transform = eval_transform()
     task = config.model.task
