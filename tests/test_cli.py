@@ -28,3 +28,19 @@ def test_unknown_flags_and_words_are_still_refused(capsys):
         assert "unrecognized arguments: " + argv[-1] in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(parser, ["export", "--checkpoint", "c", "x=1"])  # export takes no overrides
+
+
+def test_file_system_failures_are_one_line_with_exit_2(capsys):
+    """A full or read-only disk (OSError) ends a run command with one line naming the path, not a traceback."""
+    import errno
+
+    from predec.commands import os_error_message, start_run
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoints/last.ckpt")
+
+    assert start_run("train", full_disk) == 2
+    err = capsys.readouterr().err
+    assert err == "predec train: error: No space left on device: '/runs/x/checkpoints/last.ckpt'\n"
+    moved = OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b")
+    assert os_error_message(moved) == "Invalid cross-device link: '/a' → '/b'"

@@ -229,3 +229,12 @@ def test_predict_refuses_a_missing_device_and_an_unknown_colormap_in_one_line(ru
     assert main([*common, "--colormap", "magmaa"]) == 2
     assert "--colormap 'magmaa' is not a matplotlib colormap. Did you mean magma" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_run_directory_that_is_a_file_is_one_line_with_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "run"
+    blocker.write_text("not a folder")
+    code = main(["train", "--config", "dense/synth_seg_fpn", "--run-dir", str(blocker), *tiny_overrides("fpn")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"predec train: error: The run directory {str(blocker)!r} is a file" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -43,6 +43,16 @@ def start_run(command: str, start: Callable[[], Any]) -> Any:
     except (ConfigError, DataError, RunExistsError, RunLockedError, FileNotFoundError, ValueError) as err:
         print(f"predec {command}: error: {error_message(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system refused: a read-only or full disk, a file where a folder should be
+        print(f"predec {command}: error: {os_error_message(err)}", file=sys.stderr)
+        return 2
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for a file-system failure: what failed, on which path, and the system's reason."""
+    paths = " → ".join(repr(str(p)) for p in (err.filename, err.filename2) if p is not None)
+    reason = err.strerror or str(err)
+    return f"{reason}: {paths}" if paths else reason
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, listed: str) -> None:

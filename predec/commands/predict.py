@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from predec.commands import error_message
+from predec.commands import error_message, os_error_message
 
 if TYPE_CHECKING:
     import numpy as np
@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         return _predict(args)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
         print(f"predec predict: error: {error_message(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"predec predict: error: {os_error_message(err)}", file=sys.stderr)
         return 2
 
 

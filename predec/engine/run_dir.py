@@ -107,6 +107,10 @@ class RunDir:
         key = str(self.root.resolve())
         if fcntl is None or key in _HELD_LOCKS:
             return
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(
+                f"The run directory {str(self.root)!r} is a file: give --run-dir (or output_dir/name) a folder."
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         handle = open(self.lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held open while the run lives
         try:
