@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 
+import predec
 from predec.models.encoders import TimmBackbone
 
 # Tiny random-init members of each family (timm_kwargs shrink depths/widths where no test_* model exists).
@@ -56,3 +57,8 @@ def test_backbone_in_chans_and_subset_of_strides() -> None:
 def test_unknown_backbone_lists_close_matches() -> None:
     with pytest.raises(ValueError, match=r"resnet18"):
         TimmBackbone("resnet18x")
+
+
+def test_an_option_the_timm_model_does_not_take_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match=r"timm model 'resnet18' does not accept the options \['bogus'\]"):
+        predec.create_model("fpn", encoder="resnet18", encoder_kwargs={"bogus": 1}, task="segmentation", num_classes=3)

@@ -39,8 +39,13 @@ def _create_timm(name: str, in_chans: int, **kwargs) -> nn.Module:
         try:
             return timm.create_model(name, **base, **extra)
         except TypeError as err:
-            if "unexpected keyword" not in str(err) or not extra:
+            if "unexpected keyword" not in str(err):
                 raise
+            if not extra:  # an option of the user's (encoder_kwargs) that this timm model does not take
+                raise ValueError(
+                    f"timm model {name!r} does not accept the options {sorted(kwargs)} (encoder_kwargs / "
+                    f"backbone_kwargs): {err}. See the model's constructor in timm for its options."
+                ) from None
     raise AssertionError("unreachable")
 
 
