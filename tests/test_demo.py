@@ -402,3 +402,35 @@ def test_extra_label_budgets_for_one_variant_reach_stages_results_and_report(tmp
     table = report.split("## Depth, 128 labelled scenes")[1].split("##")[0]
     assert "fpn_pt_enc" in table and "xnet_pt_dec" not in table
     assert tmp_path / "labels_depth_abs_rel.png" in paths
+
+
+def test_demo_workers_end_when_the_demo_process_is_killed(tmp_path):
+    """SIGKILL of the process running the stages must not leave its workers blocked forever."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import concurrent.futures as cf, multiprocessing, os, signal, time\n"
+        "from predec.demo.runner import exit_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = multiprocessing.get_context('spawn')\n"
+        "    pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=exit_with_parent, initargs=(os.getpid(),))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 600)\n"
+        "    time.sleep(0.5)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    worker = int(proc.stdout.split()[0])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError(f"worker {worker} outlived its killed parent by 30 s")

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -251,7 +252,8 @@ class Demo:
         context = multiprocessing.get_context("spawn")
         running: dict[futures.Future, tuple[Stage, float]] = {}
         waiting = list(pending)
-        with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pool_options = {"initializer": exit_with_parent, "initargs": (os.getpid(),)}
+        with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, **pool_options) as pool:
             try:
                 while waiting or running:
                     waiting, finished = self._skip_blocked(waiting, finished, total)
@@ -275,6 +277,23 @@ class Demo:
             except (KeyboardInterrupt, SystemExit):
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+
+
+PARENT_POLL_SECONDS = 2.0
+"""How often a demo worker checks that the process that started it is alive."""
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker when ``parent_pid`` is gone (killed, even by SIGKILL), instead of leaving it
+    blocked forever on a queue nobody reads. A daemon thread polls the parent pid (portable; the pid a process reports
+    as its parent changes when that parent dies)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="predec-parent-watch", daemon=True).start()
 
 
 def _outputs_line(outputs: dict[str, Any]) -> str:
