@@ -238,3 +238,20 @@ def test_a_run_directory_that_is_a_file_is_one_line_with_exit_2(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and f"predec train: error: The run directory {str(blocker)!r} is a file" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_eval_predict_and_export_refuse_a_checkpoint_with_non_finite_weights(runs, images, tmp_path, capsys):
+    from predec.engine.checkpoint import AtomicCheckpointIO, read_checkpoint
+
+    checkpoint = read_checkpoint(runs["segmentation", "fpn"] / "checkpoints" / "last.ckpt")
+    name = next(k for k in checkpoint["state_dict"] if k.endswith("running_var"))
+    checkpoint["state_dict"][name] = torch.full_like(checkpoint["state_dict"][name], float("inf"))
+    poisoned = tmp_path / "poisoned.ckpt"
+    AtomicCheckpointIO().save_checkpoint(checkpoint, poisoned)
+    for argv in (
+        ["eval", "--checkpoint", str(poisoned), "--out", str(tmp_path / "eval")],
+        ["predict", "--checkpoint", str(poisoned), str(images[0]), "--out", str(tmp_path / "pred")],
+        ["export", "--checkpoint", str(poisoned), "--onnx", str(tmp_path / "m.onnx"), "--size", "32", "32"],
+    ):
+        assert main(argv) == 2, argv[0]
+        assert f"holds non-finite weights (NaN or Inf in {name.removeprefix('model.')})" in capsys.readouterr().err

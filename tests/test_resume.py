@@ -178,6 +178,30 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
     assert status["state"] == "failed" and "step 5" in status["message"]
 
 
+class PoisonRunningVarAfter(L.Callback):
+    """A loss can stay finite while a huge lr overflows BatchNorm statistics: inf in a running variance."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == self.step:
+            bn = next(m for m in pl_module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var.fill_(float("inf"))
+
+
+def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite weights at step 8: model\.encoder\..*running_var"):
+        train_dense(config(), tmp_path, callbacks=[PoisonRunningVarAfter(8)])
+    written = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert written == ["last.ckpt"]  # step 4's; step 8's was refused, so nothing was rotated into last.previous
+    checkpoint = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "failed" and "step 8" in status["message"]
+
+
 def test_non_finite_gradient_stops_before_the_update(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"Non-finite gradient at step 2: model\.head\.conv\.weight"):
         train_dense(config(), tmp_path, callbacks=[PoisonGradientAt(2)])

@@ -70,6 +70,26 @@ def _head_blocks(state_dict: dict[str, torch.Tensor]) -> tuple[int, int | None]:
 
 
 def load_dense_checkpoint(path: str | Path) -> DenseCheckpoint:
+    """Read the weights of a dense model from any of the forms predec writes, refusing non-finite ones.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ValueError: unreadable file, a pre-training checkpoint, or weights/buffers holding NaN or Inf (named).
+    """
+    from predec.engine.guards import nonfinite_tensors
+
+    checkpoint = _read_dense_checkpoint(path)
+    bad = nonfinite_tensors(checkpoint.state_dict)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise ValueError(
+            f"{checkpoint.path} holds non-finite weights (NaN or Inf in {shown}): a diverged run's model, not usable. "
+            "Use an earlier checkpoint of that run (checkpoints/last.previous.ckpt) or train it again."
+        )
+    return checkpoint
+
+
+def _read_dense_checkpoint(path: str | Path) -> DenseCheckpoint:
     """Read the weights of a dense model from any of the forms predec writes.
 
     A recipe or ``config.json`` recorded before the head options existed gets the head its model had then

@@ -72,3 +72,36 @@ class NonFiniteGradientGuard(L.Callback):
                 f"Non-finite gradient at step {trainer.global_step}{where}. Training stopped before the optimiser "
                 "step; the last checkpoint is kept. Lower the learning rate or enable optim.grad_clip_norm."
             )
+
+
+def nonfinite_tensors(state: Mapping[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold a NaN or Inf (weights and buffers alike)."""
+    return [
+        name
+        for name, value in state.items()
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+
+
+class FiniteWeightsGuard(L.Callback):
+    """Refuse to write a checkpoint whose weights or buffers (e.g. BatchNorm running variances) hold a NaN or Inf:
+    raise :class:`NonFiniteLossError` from ``on_save_checkpoint``, before anything is written, so the last checkpoint
+    on disk (and the one kept before it) stays the last good one. A loss can stay finite while a huge learning rate
+    already overflows the normalisation statistics; the loss and gradient checks do not see that."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        bad_names = nonfinite_tensors(checkpoint.get("state_dict") or {})
+        bad = bool(bad_names)
+        if trainer.world_size > 1:
+            bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
+        if bad:
+            where = f": {_shown(bad_names)}" if bad_names else " on another process"
+            raise NonFiniteLossError(
+                f"Non-finite weights at step {trainer.global_step}{where}. Training stopped without writing this "
+                "step's checkpoint; the last checkpoint is kept. Lower the learning rate or enable "
+                "optim.grad_clip_norm."
+            )

@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from predec.config import ConfigError, OptimConfig, ScheduleConfig, TrainerConfig
 from predec.engine.checkpoint import AtomicCheckpointIO, LastCheckpoint, RNGStateCallback
-from predec.engine.guards import NonFiniteGradientGuard
+from predec.engine.guards import FiniteWeightsGuard, NonFiniteGradientGuard
 from predec.engine.run_dir import RunDir
 from predec.optim import build_optimizer, build_scheduler
 
@@ -158,7 +158,7 @@ def build_trainer(
     all_callbacks: list[L.Callback] = list(callbacks)
     loggers: list = []
     if training:
-        all_callbacks += [RNGStateCallback(), NonFiniteGradientGuard()]
+        all_callbacks += [RNGStateCallback(), NonFiniteGradientGuard(), FiniteWeightsGuard()]
         if run_dir is not None:
             run_dir.create()
             all_callbacks.append(
