@@ -255,3 +255,14 @@ def test_eval_predict_and_export_refuse_a_checkpoint_with_non_finite_weights(run
     ):
         assert main(argv) == 2, argv[0]
         assert f"holds non-finite weights (NaN or Inf in {name.removeprefix('model.')})" in capsys.readouterr().err
+
+
+def test_predict_refuses_an_image_above_max_size_and_suggests_a_resize(runs, tmp_path, capsys):
+    big = tmp_path / "big.png"
+    write_image(big, np.zeros((400, 600, 3), dtype=np.uint8))
+    checkpoint = str(runs["depth", "fpn"] / "model")
+    argv = ["predict", "--checkpoint", checkpoint, str(big), "--out", str(tmp_path / "p"), "--max-size", "256"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "big.png is 400×600 px, above --max-size 256" in err and "Pass --resize 171 256" in err
+    assert main([*argv, "--resize", "64", "96"]) == 0

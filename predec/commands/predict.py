@@ -1,10 +1,12 @@
 """Predict depth or segmentation for image files and write coloured and raw outputs.
 
-  predec predict --checkpoint CKPT IMAGES... --out DIR [--flip] [--resize H W] [--npy] [--colormap NAME]
+  predec predict --checkpoint CKPT IMAGES... --out DIR [--flip] [--resize H W] [--max-size PIXELS] [--npy]
+      [--colormap NAME]
 
 CKPT: a predec train checkpoint (.ckpt), a save_pretrained directory or a .safetensors file with config.json.
 Images are normalised as in evaluation and predicted at their own size (padded to the model's stride and cropped
-back). For each image STEM, DIR receives:
+back); an image whose longer side exceeds --max-size (2048) is refused unless --resize is given. For each image
+STEM, DIR receives:
 
   depth:         STEM_depth.png (colour: perceptually uniform colormap, default magma, near = bright, per-image
                  range), STEM_depth16.png (16-bit PNG, millimetres; 1/256 m units if the model's max_depth exceeds
@@ -37,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
     parser.add_argument(
         "--resize", type=int, nargs=2, metavar=("H", "W"), help="infer at this size, outputs resized back"
+    )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=2048,
+        metavar="PIXELS",
+        help="refuse images whose longer side exceeds this without --resize (default 2048: about 1.6 GB for an FPN on "
+        "CPU; memory grows with the pixel count)",
     )
     parser.add_argument("--npy", action="store_true", help="also write raw float outputs as .npy")
     parser.add_argument("--colormap", default="magma", help="matplotlib colormap of the depth images (default magma)")
@@ -151,7 +161,16 @@ def _predict(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     for path, stem in tqdm(list(zip(args.images, _unique_stems(args.images))), desc="predict", unit="image"):
-        sample = transform(make_sample(read_image(path)))
+        image = read_image(path)
+        if not args.resize and max(image.shape[:2]) > args.max_size:
+            height, width = image.shape[:2]
+            scale = args.max_size / max(height, width)
+            raise ValueError(
+                f"{path} is {height}×{width} px, above --max-size {args.max_size} (longer side): inference at full "
+                f"size needs memory in proportion to the pixels. Pass --resize {round(height * scale)} "
+                f"{round(width * scale)} (outputs are resized back) or a larger --max-size."
+            )
+        sample = transform(make_sample(image))
         images = torch.as_tensor(sample["image"]).as_subclass(torch.Tensor).unsqueeze(0).to(device)
         with torch.no_grad():
             output = module.inference(images)[0].float().cpu()
