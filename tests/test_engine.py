@@ -266,3 +266,23 @@ def test_predict_refuses_an_image_above_max_size_and_suggests_a_resize(runs, tmp
     err = capsys.readouterr().err
     assert "big.png is 400×600 px, above --max-size 256" in err and "Pass --resize 171 256" in err
     assert main([*argv, "--resize", "64", "96"]) == 0
+
+
+def test_eval_takes_no_output_location_or_launch_settings_from_a_checkpoint(runs, tmp_path, monkeypatch, capsys):
+    """A crafted checkpoint recipe (name with ../.., output_dir elsewhere, trainer.num_nodes=2) cannot choose where
+    eval writes or make it wait for other nodes."""
+    from predec.engine.checkpoint import AtomicCheckpointIO, read_checkpoint
+
+    checkpoint = read_checkpoint(runs["segmentation", "fpn"] / "checkpoints" / "last.ckpt")
+    recipe = checkpoint["hyper_parameters"]["config"]
+    outside = tmp_path / "outside"
+    recipe.update(name="../../escaped", output_dir=str(outside))
+    recipe["trainer"] = {**recipe["trainer"], "num_nodes": 2, "devices": 2, "strategy": "ddp"}
+    crafted = tmp_path / "downloads" / "crafted.ckpt"
+    crafted.parent.mkdir()
+    AtomicCheckpointIO().save_checkpoint(checkpoint, crafted)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--checkpoint", str(crafted)]) == 0, capsys.readouterr().err
+    assert not outside.exists() and not (tmp_path.parent / "escaped-eval").exists()
+    written = json.loads((tmp_path / "runs" / "escaped-eval" / "metrics.json").read_text())
+    assert written["world_size"] == 1

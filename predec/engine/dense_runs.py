@@ -6,6 +6,7 @@ engine (:func:`predec.engine.run.fit_run`) and read checkpoints with :mod:`prede
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +225,24 @@ def resolve_eval_config(checkpoint: DenseCheckpoint, config: DenseConfig | None,
         )
     from predec.config import load_config
 
-    return load_config(checkpoint.config, overrides)
+    return load_config(recipe_of_untrusted_checkpoint(checkpoint.config), overrides)
+
+
+TRUSTED_TRAINER_KEYS = ("precision", "channels_last", "deterministic")
+"""The ``trainer`` settings ``predec eval`` takes from a checkpoint's recorded recipe (they change the numbers, not
+where or how the process runs); devices, nodes, strategy and the rest are this machine's defaults or the user's
+overrides, never a downloaded checkpoint's. ``output_dir`` is never taken either."""
+
+
+def recipe_of_untrusted_checkpoint(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The recorded recipe of a checkpoint as ``predec eval`` uses it: model, data, loss and evaluation settings as
+    trained, ``trainer`` reduced to :data:`TRUSTED_TRAINER_KEYS`, no ``output_dir``, and ``name`` reduced to a plain
+    file name (no path separators, no ``..``), so the file cannot choose where eval writes or how it launches."""
+    recipe = {k: v for k, v in recorded.items() if k not in ("output_dir", "trainer", "name")}
+    trainer = recorded.get("trainer") if isinstance(recorded.get("trainer"), dict) else {}
+    recipe["trainer"] = {k: trainer[k] for k in TRUSTED_TRAINER_KEYS if k in trainer}
+    recipe["name"] = re.sub(r"[^A-Za-z0-9._-]+", "_", str(recorded.get("name") or "run")).strip("._") or "run"
+    return recipe
 
 
 def evaluate_dense(config: DenseConfig, checkpoint: DenseCheckpoint, out_dir: str | Path | None = None) -> dict:
