@@ -207,3 +207,32 @@ def test_a_torn_saved_model_is_one_error_line_in_every_reader(tmp_path, capsys):
         assert main(argv) == 2, argv[0]
         lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert len(lines) == 1 and lines[0].startswith(f"predec {argv[0]}: error: ") and str(weights) in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"encoder_kwargs": {"pretrained_cfg_overlay": {"file": "/etc/passwd"}}}, "a dict is not a backbone option"),
+        ({"encoder_kwargs": {"channels": [60000, 64]}}, r"encoder_kwargs.channels=60000 is beyond 16384"),
+        ({"encoder_kwargs": {"cache_dir": "/tmp/elsewhere"}}, "a path or long text is not a backbone option"),
+        ({"decoder_kwargs": {"backbone_kwargs": {"depth": 10**9}}}, r"backbone_kwargs\.depth=1000000000 is beyond"),
+    ],
+)
+def test_a_model_file_cannot_pass_arbitrary_backbone_options(tmp_path, options, message):
+    """config.json (and a checkpoint's recipe) may only carry bounded, plain backbone options: a crafted file must
+    not make loading it open files, write elsewhere or allocate without bound."""
+    from predec.engine.dense_checkpoint import load_dense_checkpoint
+
+    tiny("fpn", "segmentation").save_pretrained(tmp_path / "model")
+    config_file = tmp_path / "model" / "config.json"
+    config = json.loads(config_file.read_text())
+    for key, value in options.items():
+        if key == "decoder_kwargs":
+            config.update(value)  # config.json spreads the decoder options at the top level
+        else:
+            config[key] = value
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        predec.from_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=message):
+        load_dense_checkpoint(tmp_path / "model")

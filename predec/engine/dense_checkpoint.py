@@ -74,11 +74,15 @@ def load_dense_checkpoint(path: str | Path) -> DenseCheckpoint:
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ValueError: unreadable file, a pre-training checkpoint, or weights/buffers holding NaN or Inf (named).
+        ValueError: unreadable file, a pre-training checkpoint, weights/buffers holding NaN or Inf (named), or
+            backbone options a model file may not set (:func:`predec.models.base.check_file_options`).
     """
     from predec.engine.guards import nonfinite_tensors
+    from predec.models.base import check_file_options
 
     checkpoint = _read_dense_checkpoint(path)
+    if checkpoint.model_config:
+        check_file_options(checkpoint.model_config, str(checkpoint.path))
     bad = nonfinite_tensors(checkpoint.state_dict)
     if bad:
         shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")

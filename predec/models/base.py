@@ -305,6 +305,62 @@ def head_options(arch: str | None, head_kwargs: Mapping[str, Any] | None, *, str
     return resolved
 
 
+FILE_OPTION_LIMITS = {"int": 16384, "list": 32, "str": 64}
+"""Bounds on the backbone options a model file (config.json, a checkpoint's recipe) may carry: integers up to 16384
+(channel widths, depths), lists up to 32 items, strings up to 64 characters without a path in them."""
+_BACKBONE_OPTION_KEYS = ("encoder_kwargs", "backbone_kwargs")
+
+
+def check_file_options(config: Mapping[str, Any], source: str) -> None:
+    """Refuse backbone options of a model file that a model never needs and that would make loading it open or write
+    other files or allocate without bound: nested mappings (timm's ``pretrained_cfg_overlay={file: ...}``), path-like
+    or long strings, integers or lists beyond :data:`FILE_OPTION_LIMITS`.
+
+    Args:
+        config: the model settings read from the file (``config.json`` or a recipe's ``model`` section).
+        source: the file, named in the error.
+
+    Raises:
+        ValueError: naming the option and the limit.
+    """
+    limits = FILE_OPTION_LIMITS
+
+    def check(key: str, value: Any) -> None:
+        where = f"{source}: {key}={value!r}"
+        if isinstance(value, bool) or value is None or isinstance(value, float):
+            return
+        if isinstance(value, int):
+            if abs(value) > limits["int"]:
+                raise ValueError(f"{where} is beyond {limits['int']}: not a model option this file may set.")
+        elif isinstance(value, str):
+            if len(value) > limits["str"] or any(c in value for c in "/\\~") or ".." in value:
+                raise ValueError(f"{where}: a path or long text is not a backbone option a model file may set.")
+        elif isinstance(value, (list, tuple)):
+            if len(value) > limits["list"]:
+                raise ValueError(f"{where} has more than {limits['list']} items.")
+            for item in value:
+                if isinstance(item, (dict, list, tuple)):
+                    raise ValueError(f"{where}: nested values are not backbone options a model file may set.")
+                check(key, item)
+        else:
+            raise ValueError(f"{where}: a {type(value).__name__} is not a backbone option a model file may set.")
+
+    def walk(mapping: Mapping[str, Any], prefix: str) -> None:
+        for name in _BACKBONE_OPTION_KEYS:
+            options = mapping.get(name)
+            if options is None:
+                continue
+            if not isinstance(options, Mapping):
+                raise ValueError(f"{source}: {prefix}{name} must be a mapping of options, got {options!r}.")
+            for key, value in options.items():
+                check(f"{prefix}{name}.{key}", value)
+        nested = mapping.get("decoder_kwargs")
+        if isinstance(nested, Mapping):
+            walk(nested, f"{prefix}decoder_kwargs.")
+
+    walk(config, "")
+
+
 def saved_config(config: dict[str, Any]) -> dict[str, Any]:
     """A saved ``DenseModel.config`` (``config.json``) as this version rebuilds it, with what configs written by
     earlier versions left out filled in as those versions built it: a ×Net config without ``reshape`` gets
@@ -408,6 +464,7 @@ def from_pretrained(path_or_repo: str | os.PathLike, **kwargs: Any) -> DenseMode
                     f"{str(needed)!r} not found: a .safetensors model needs {CONFIG_NAME} beside it."
                 )
         config = json.loads(config_file.read_text(encoding="utf-8"))
+        check_file_options(config, str(config_file))
         model = DenseModel(**saved_config(config))
         load_weights(model, path, part="model")
         return model.eval()
