@@ -514,6 +514,16 @@ def from_dict(schema: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     return schema(**values)
 
 
+OTHER_LIBRARY_NAMES: dict[str, str] = {
+    "pretrained": "Weights are given per part in predec: encoder_weights / decoder_weights (True or 'pretrained' "
+    "for timm's default weights, 'predec:NAME' for a zoo entry, or a file).",
+    "encoder_name": "predec's name for the encoder is encoder (any timm model name).",
+    "classes": "predec's name for it is num_classes.",
+    "in_channels": "predec's name for it is in_chans.",
+}
+"""Options users of segmentation_models_pytorch / timm pass by habit, and what predec calls them."""
+
+
 def check_options(target: Callable[..., Any], options: Mapping[str, Any], key: str, fixed: Sequence[str] = ()) -> None:
     """Refuse keyword options that ``target`` does not take, before calling it (a TypeError deep in a build would
     not say which config key was wrong).
@@ -536,6 +546,8 @@ def check_options(target: Callable[..., Any], options: Mapping[str, Any], key: s
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        if unknown[0] in OTHER_LIBRARY_NAMES:
+            hint = f" {OTHER_LIBRARY_NAMES[unknown[0]]}"
         name = getattr(target, "__qualname__", repr(target))
         raise ConfigError(
             f"Unknown option {key}.{unknown[0]} for {name}.{hint} Valid options: {', '.join(valid) or 'none'}."

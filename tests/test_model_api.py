@@ -25,6 +25,8 @@ def tiny(arch: str, task: str, **kwargs) -> DenseModel:
 
 def test_list_models():
     assert predec.list_models() == ARCHS
+    assert predec.list_models("*net") == [a for a in ARCHS if a.endswith("net")]  # timm's pattern filter
+    assert predec.list_models("fp?") == ["fpn"] and predec.list_models("nope*") == []
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -236,3 +238,14 @@ def test_a_model_file_cannot_pass_arbitrary_backbone_options(tmp_path, options, 
         predec.from_pretrained(tmp_path / "model")
     with pytest.raises(ValueError, match=message):
         load_dense_checkpoint(tmp_path / "model")
+
+
+@pytest.mark.parametrize(
+    ("option", "names"),
+    [("pretrained", "encoder_weights / decoder_weights"), ("encoder_name", "encoder"), ("classes", "num_classes")],
+)
+def test_smp_and_timm_habits_are_answered_with_predecs_names(option, names):
+    from predec.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"Unknown option model\.decoder_kwargs\.{option} for FPN\..*{names}"):
+        predec.create_model("fpn", encoder="test_resnet", task="segmentation", num_classes=3, **{option: 1})

@@ -7,6 +7,7 @@ model (``from_pretrained``) restores its own tensors and never resolves encoder 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import json
 import math
 import os
@@ -31,9 +32,15 @@ WEIGHTS_NAME = "model.safetensors"
 PAD_MODES: tuple[str, ...] = ("reflect", "replicate", "constant")
 
 
-def list_models() -> list[str]:
-    """Names of the dense architectures (``arch`` of :func:`create_model`); backbones are any timm model."""
-    return sorted(DECODERS)
+def list_models(filter: str = "") -> list[str]:
+    """Names of the dense architectures (``arch`` of :func:`create_model`); backbones are any timm model
+    (``timm.list_models``).
+
+    Args:
+        filter: a shell-style pattern as in timm (``"*net"``, ``"fp?"``); empty: every architecture.
+    """
+    names = sorted(DECODERS)
+    return [n for n in names if fnmatch.fnmatchcase(n, filter)] if filter else names
 
 
 def _unknown(kind: str, name: str, valid: Sequence[str]) -> ValueError:
