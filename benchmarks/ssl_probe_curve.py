@@ -104,8 +104,11 @@ def main() -> None:
     for entry in args.entry:
         from predec.zoo.registry import find_entry
 
-        method = find_entry(entry).manifest["method"] if entry.startswith("predec:") else "decon"
-        sources.append((entry, method, [(None, entry)]))
+        if entry.startswith("predec:"):  # a zoo entry: its manifest says the method, its file holds the weights
+            found = find_entry(entry)
+            sources.append((entry, found.manifest["method"], [(None, str(found.file))]))
+        else:
+            sources.append((entry, "decon", [(None, entry)]))
 
     results: dict[str, Any] = {
         "settings": {
