@@ -7,6 +7,8 @@ Usage::
     python benchmarks/ssl_probe_curve.py --run runs/zoo_long/build/synth-resnet18h-fpn-decon-ml \
         [--run ...] [--entry predec:synth-resnet18h-fpn-decon-ml ...] --tasks segmentation depth \
         --json docs/images/ssl_probe_curve.json --out docs/images/ssl_probe_curve.png
+    python benchmarks/ssl_probe_curve.py --merge a.json b.json --json docs/images/ssl_probe_curve.json \
+        --out docs/images/ssl_probe_curve.png   # curves measured in separate calls, one figure
 
 Each snapshot of a run (``<run>/snapshots/step<N>.ckpt``, its teacher weights) becomes the demo's fine-tuning
 architecture for that method — SlotCon: its encoder + a random FPN (seeded); DeCon on an FPN or a ×Net: its encoder
@@ -71,10 +73,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=None, help="probe epochs (default: the benchmark's)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=[], help="only join these earlier --json outputs into --json / --out"
+    )
     parser.add_argument("--json", type=Path, default=Path("docs/images/ssl_probe_curve.json"))
     parser.add_argument("--out", type=Path, default=Path("docs/images/ssl_probe_curve.png"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.merge:  # curves measured in separate calls (e.g. while the runs were still training), one figure
+        parts = [json.loads(path.read_text()) for path in args.merge]
+        merged = {"settings": parts[0]["settings"], "curves": {}}
+        for part in parts:
+            merged["curves"].update(part["curves"])
+        tasks = sorted({p["task"] for c in merged["curves"].values() for p in c["points"]}, reverse=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(merged, indent=2) + "\n")
+        plot(merged, tasks, args.out)
+        print(f"Wrote {args.json} and {args.out}")
+        return
 
     from predec.config import load_config
     from predec.demo.settings import labelled_seed
