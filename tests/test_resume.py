@@ -248,6 +248,18 @@ def test_an_empty_checksum_sidecar_is_a_corrupt_checkpoint_not_a_crash(tmp_path)
         read_checkpoint(path)
 
 
+def test_a_checkpoint_without_its_sidecar_loads_only_if_finite_and_with_a_warning(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "state_dict": {"w": torch.ones(2)}}, path)
+    (tmp_path / "last.ckpt.sha256").unlink()
+    with pytest.warns(UserWarning, match=r"no last\.ckpt\.sha256 sidecar: loaded unverified"):
+        assert read_checkpoint(path)["global_step"] == 1
+    torch.save({"global_step": 2, "state_dict": {"w": torch.tensor([1.0, float("nan")])}}, path)
+    with pytest.raises(CorruptCheckpointError, match=r"no last\.ckpt\.sha256 to verify it and holds non-finite"):
+        read_checkpoint(path)
+
+
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(1)
     np.random.seed(2)

@@ -131,7 +131,8 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} not found.")
-    if verify_checkpoint(path) is False:
+    verified = verify_checkpoint(path)
+    if verified is False:
         raise CorruptCheckpointError(
             f"Checkpoint {str(path)!r} is corrupt: its sha256 {sha256_file(path)[:12]}… does not match "
             f"{str(checksum_path(path))!r}. Resume from {str(previous_checkpoint(path))!r} (the one before) if it "
@@ -146,6 +147,23 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         ) from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"Checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
+    if verified is None:  # no sidecar (another tool's file, or the sidecar was lost): at least every tensor finite
+        state = checkpoint.get("state_dict")
+        bad = [
+            name
+            for name, value in (state.items() if isinstance(state, dict) else ())
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+        ]
+        if bad:
+            raise CorruptCheckpointError(
+                f"Checkpoint {str(path)!r} has no {checksum_path(path).name} to verify it and holds non-finite "
+                f"tensors ({', '.join(bad[:5])}): refused."
+            )
+        warnings.warn(
+            f"Checkpoint {str(path)!r} has no {checksum_path(path).name} sidecar: loaded unverified (it reads and its "
+            "tensors are finite).",
+            stacklevel=2,
+        )
     return checkpoint
 
 
