@@ -171,6 +171,8 @@ def plot(results: dict[str, Any], tasks: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from predec.demo.report import save_figure
+
     metric = {"segmentation": "mIoU", "depth": "abs_rel"}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 3.6), squeeze=False)
     colors = plt.get_cmap("tab10")
@@ -193,10 +195,7 @@ def plot(results: dict[str, Any], tasks: list[str], path: Path) -> None:
         ax.set_title(f"{task}: frozen encoder + decoder, linear probe", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

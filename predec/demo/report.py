@@ -434,6 +434,13 @@ def prediction_grid(
             if r == 0:
                 ax.set_title(columns[c], fontsize=7)
     fig.suptitle(f"{task}: evaluation scenes (first seed of each variant)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it as a PNG at ``path`` (folders created, 110 dpi), close it and return ``path``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -467,11 +474,7 @@ def training_curves(curves: dict[str, list[list[list[float]]]], path: Path, titl
     ax.set_title(title, fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def validation_curves(results: dict[str, Any], task: str, path: Path) -> Path | None:
@@ -513,11 +516,7 @@ def validation_curves(results: dict[str, Any], task: str, path: Path) -> Path | 
     axes[0][0].set_ylabel(f"validation {monitor.removeprefix('val/')}")
     axes[0][-1].legend(fontsize=6, ncol=1)
     fig.suptitle(f"{task}: validation curves (dot: the step each run ends with)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def label_efficiency(results: dict[str, Any], task: str, metric: str, path: Path) -> Path:
@@ -546,11 +545,7 @@ def label_efficiency(results: dict[str, Any], task: str, metric: str, path: Path
     ax.set_title(f"{task}: {metric} vs labels (mean ± std over seeds)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def demo_figures(results: dict[str, Any], out: Path) -> list[Path]:
