@@ -32,6 +32,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
 from predec.atomic import atomic_path, atomic_write_text
+from predec.engine.guards import name_list, nonfinite_tensors
 from predec.zoo.registry import sha256_file
 
 RNG_KEY = "predec_rng_states"
@@ -149,15 +150,11 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise ValueError(f"Checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
     if verified is None:  # no sidecar (another tool's file, or the sidecar was lost): at least every tensor finite
         state = checkpoint.get("state_dict")
-        bad = [
-            name
-            for name, value in (state.items() if isinstance(state, dict) else ())
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
-        ]
+        bad = nonfinite_tensors(state if isinstance(state, dict) else {})
         if bad:
             raise CorruptCheckpointError(
                 f"Checkpoint {str(path)!r} has no {checksum_path(path).name} to verify it and holds non-finite "
-                f"tensors ({', '.join(bad[:5])}): refused."
+                f"tensors ({name_list(bad)}): refused."
             )
         warnings.warn(
             f"Checkpoint {str(path)!r} has no {checksum_path(path).name} sidecar: loaded unverified (it reads and its "

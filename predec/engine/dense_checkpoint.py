@@ -77,7 +77,7 @@ def load_dense_checkpoint(path: str | Path) -> DenseCheckpoint:
         ValueError: unreadable file, a pre-training checkpoint, weights/buffers holding NaN or Inf (named), or
             backbone options a model file may not set (:func:`predec.models.base.check_file_options`).
     """
-    from predec.engine.guards import nonfinite_tensors
+    from predec.engine.guards import name_list, nonfinite_tensors
     from predec.models.base import check_file_options
 
     checkpoint = _read_dense_checkpoint(path)
@@ -85,10 +85,9 @@ def load_dense_checkpoint(path: str | Path) -> DenseCheckpoint:
         check_file_options(checkpoint.model_config, str(checkpoint.path))
     bad = nonfinite_tensors(checkpoint.state_dict)
     if bad:
-        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
         raise ValueError(
-            f"{checkpoint.path} holds non-finite weights (NaN or Inf in {shown}): a diverged run's model, not usable. "
-            "Use an earlier checkpoint of that run (checkpoints/last.previous.ckpt) or train it again."
+            f"{checkpoint.path} holds non-finite weights (NaN or Inf in {name_list(bad)}): a diverged run's model, "
+            "not usable. Use an earlier checkpoint of that run (checkpoints/last.previous.ckpt) or train it again."
         )
     return checkpoint
 

@@ -66,8 +66,7 @@ class NonFiniteGradientGuard(L.Callback):
         if trainer.world_size > 1:
             bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
         if bad:
-            shown = ", ".join(bad_names[:5]) + (f" (+{len(bad_names) - 5} more)" if len(bad_names) > 5 else "")
-            where = f": {shown}" if shown else " on another process"
+            where = f": {name_list(bad_names)}" if bad_names else " on another process"
             raise NonFiniteLossError(
                 f"Non-finite gradient at step {trainer.global_step}{where}. Training stopped before the optimiser "
                 "step; the last checkpoint is kept. Lower the learning rate or enable optim.grad_clip_norm."
@@ -83,8 +82,9 @@ def nonfinite_tensors(state: Mapping[str, Tensor]) -> list[str]:
     ]
 
 
-def _shown(names: list[str]) -> str:
-    return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+def name_list(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` names, comma-separated, and how many more there are (for one-line error messages)."""
+    return ", ".join(names[:shown]) + (f" (+{len(names) - shown} more)" if len(names) > shown else "")
 
 
 class FiniteWeightsGuard(L.Callback):
@@ -99,7 +99,7 @@ class FiniteWeightsGuard(L.Callback):
         if trainer.world_size > 1:
             bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
         if bad:
-            where = f": {_shown(bad_names)}" if bad_names else " on another process"
+            where = f": {name_list(bad_names)}" if bad_names else " on another process"
             raise NonFiniteLossError(
                 f"Non-finite weights at step {trainer.global_step}{where}. Training stopped without writing this "
                 "step's checkpoint; the last checkpoint is kept. Lower the learning rate or enable "
