@@ -373,8 +373,13 @@ def test_extra_label_budgets_for_one_variant_reach_stages_results_and_report(tmp
     ]
     with pytest.raises(ConfigError, match=r"one per label budget of finetune\.num_train=\[16, 32\] and extra_num"):
         load_demo_config("quick", [*overrides, "finetune.max_steps={16: 4, 32: 8}"])
-    with pytest.raises(ConfigError, match=r"finetune\.extra_num_train=\{'nope': \[128\]\}: give \{variant"):
+    with pytest.raises(ConfigError, match=r"Unknown demo variant 'nope'"):
         load_demo_config("quick", ["finetune.extra_num_train={nope: [128]}"])
+    with pytest.raises(ConfigError, match=r"finetune\.extra_num_train=\{'fpn_pt_enc': \[0\]\}: give \{variant"):
+        load_demo_config("quick", ["finetune.extra_num_train={fpn_pt_enc: [0]}"])
+    # the benchmark restricted to some variants (how its parts are run) ignores the others' extra budgets
+    part = load_demo_config("benchmark", ["finetune.variants=[xnet_pt_dec,xnet_rand_dec]"])
+    assert part.finetune.all_budgets() == [32, 128, 512]
     config = load_demo_config("quick", [*overrides, "finetune.max_steps={16: 4, 32: 8, 128: 16}"])
     stages = plan(config)
     names = {s.name for s in stages}

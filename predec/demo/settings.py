@@ -182,7 +182,8 @@ class FinetuneSettings:
         num_train: label budgets: numbers of labelled training scenes (the first N of one generated set, so smaller
             budgets are subsets of larger ones); several give a label-efficiency curve. One number is one budget.
         extra_num_train: more label budgets for some variants only (``{fpn_pt_enc: [2048]}``): a reference run
-            beyond the shared budgets without the cost of running every variant there.
+            beyond the shared budgets without the cost of running every variant there (ignored for a variant
+            ``variants`` leaves out).
         num_val: held-out scenes evaluated during training (the validation split that selects the weights), and at
             the end when there is no test split.
         num_test: test scenes (another generator seed) evaluated once with the selected weights; 0: none (the final
@@ -332,12 +333,11 @@ def load_demo_config(source: str | Path, overrides: Sequence[str] = ()) -> DemoC
         raise ConfigError(f"{path}: finetune.reference_seeds is empty; give at least one seed, or null (= seeds).")
     if any(n < 1 for n in ft.num_train) or len(set(ft.num_train)) != len(ft.num_train):
         raise ConfigError(f"{path}: finetune.num_train={ft.num_train}: need distinct label budgets >= 1.")
-    for name, extra in ft.extra_num_train.items():
-        valid = isinstance(extra, list) and all(isinstance(n, int) and n >= 1 for n in extra)
-        if name not in ft.variants or not valid:
+    for name, extra in ft.extra_num_train.items():  # a variant not in finetune.variants is not run: its extra too
+        variant(name)
+        if not isinstance(extra, list) or not all(isinstance(n, int) and n >= 1 for n in extra):
             raise ConfigError(
-                f"{path}: finetune.extra_num_train={ft.extra_num_train}: give {{variant: [label budgets >= 1]}} for "
-                f"variants of finetune.variants={ft.variants}."
+                f"{path}: finetune.extra_num_train={ft.extra_num_train}: give {{variant: [label budgets >= 1]}}."
             )
     if isinstance(ft.max_steps, dict):
         steps = {int(k): v for k, v in ft.max_steps.items()} if all(str(k).isdigit() for k in ft.max_steps) else {}
