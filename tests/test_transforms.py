@@ -11,6 +11,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode
 
 from predec.data import Depth, make_sample
+from predec.data.sample import transform_sample
 from predec.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -102,6 +103,23 @@ def test_random_gamma_and_eval_normalisation() -> None:
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     torch.testing.assert_close(out["image"], (sample["image"].float() / 255 - mean) / std)
     assert torch.equal(out["labels"], sample["labels"]) and torch.equal(out["depth"], sample["depth"])
+
+
+@pytest.mark.parametrize("task", ["segmentation", "depth"])
+def test_transform_sample_matches_the_whole_dict_transform_and_keeps_meta(task: str) -> None:
+    sample = block_sample()
+    sample["meta"]["intrinsics"] = [[100.0, 0.0, 31.5], [0.0, 100.0, 23.5], [0.0, 0.0, 1.0]]
+    transform = train_transform(task, (32, 40))
+    for seed in range(6):
+        torch.manual_seed(seed)
+        whole = transform(dict(sample))
+        torch.manual_seed(seed)
+        split = transform_sample(transform, dict(sample))
+        assert set(split) == set(whole)
+        for key in ("image", "labels", "depth"):
+            assert type(split[key]) is type(whole[key]) and torch.equal(split[key], whole[key])
+        assert split["meta"] is sample["meta"]
+    assert transform_sample(None, sample) is sample
 
 
 def test_train_transform_rejects_unknown_task() -> None:

@@ -14,6 +14,7 @@ from the labels' (255 = ignore).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,3 +56,17 @@ def make_sample(
         sample["depth"] = Depth(depth.reshape(1, *depth.shape[-2:]).to(torch.float32))
     sample["meta"] = dict(meta or {})
     return sample
+
+
+def transform_sample(transform: Callable[[dict[str, Any]], Any] | None, sample: dict[str, Any]) -> Any:
+    """``transform`` applied to the tensors of ``sample``, its ``"meta"`` passed through untouched.
+
+    torchvision's v2 transforms walk every leaf of their input (a nested intrinsics list is nine leaves) in each of
+    their steps; the tensors are all they change, so meta stays out of the walk.
+    """
+    if transform is None:
+        return sample
+    if "meta" not in sample:
+        return transform(sample)
+    tensors = {key: value for key, value in sample.items() if key != "meta"}
+    return {**transform(tensors), "meta": sample["meta"]}

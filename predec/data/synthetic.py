@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from predec.data.sample import IGNORE_INDEX, make_sample
+from predec.data.sample import IGNORE_INDEX, make_sample, transform_sample
 
 SCENE_CLASSES: tuple[str, ...] = ("floor", "wall", "sphere", "box", "cylinder", "cone")
 OBJECT_SHAPES: tuple[str, ...] = ("sphere", "box", "cylinder", "cone")
@@ -759,7 +759,7 @@ class SynthScenes(torch.utils.data.Dataset):
             "intrinsics": raw.intrinsics.tolist(),
         }
         sample = make_sample(raw.image.copy(), raw.labels, raw.depth.copy(), meta)  # copies: keep the cache intact
-        return self.transform(sample) if self.transform is not None else sample
+        return transform_sample(self.transform, sample)
 
 
 def object_classes(label_mode: str = "shape") -> list[str]:

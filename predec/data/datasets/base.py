@@ -27,7 +27,7 @@ from predec.data.io import (
     read_label,
     read_split_file,
 )
-from predec.data.sample import make_sample
+from predec.data.sample import make_sample, transform_sample
 
 Transform = Callable[[dict[str, Any]], Any]
 
@@ -57,7 +57,7 @@ class SampleDataset(torch.utils.data.Dataset, abc.ABC):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self)}")
         sample = self.load(int(index) % len(self))
-        return self.transform(sample) if self.transform is not None else sample
+        return transform_sample(self.transform, sample)
 
     def _repr_fields(self) -> dict[str, Any]:
         return {"root": str(self.root)}
