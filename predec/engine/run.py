@@ -112,7 +112,11 @@ def end_run(run: RunDir, err: BaseException, trainer: L.Trainer | None, start_st
     if rank_zero_only.rank == 0:
         state = FAILED if isinstance(err, Exception) else "interrupted"
         step = trainer.global_step if trainer is not None else start_step or 0
-        run.set_status(state, step=step, message=str(err))
+        try:
+            run.set_status(state, step=step, message=str(err))
+        except OSError as status_err:  # the error that stopped the run is the one to report
+            logger.warning(f"Could not record status '{state}' in {run.status_path}: {status_err}")
+            run.unlock()
 
 
 def fit_run(

@@ -42,6 +42,10 @@ class RunLockedError(FileExistsError):
     """Another live process is running in the run directory."""
 
 
+STATUS_RESERVED_BYTES = 4096
+"""Size ``status.json`` is padded to (one file-system block): room to mark the run failed on a full disk."""
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically (NaN is written as ``NaN``, which Python's json reads back)."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
@@ -166,10 +170,46 @@ class RunDir:
 
     def set_status(self, state: str, **fields: Any) -> None:
         """Record the run's state (``running``, ``finished``, ``failed``, ``interrupted``) with extra fields and a
-        timestamp; any state but ``running`` ends the run and releases its lock."""
-        write_json(self.status_path, {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields})
+        timestamp; any state but ``running`` ends the run and releases its lock.
+
+        The file is padded with spaces to :data:`STATUS_RESERVED_BYTES`, so that on a full disk (the atomic write
+        fails) the state is rewritten in place over the bytes the file already holds, its message shortened to fit:
+        a run that stopped because the disk filled up is still marked ``failed``.
+        """
+        record = {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
+        text = json.dumps(record, indent=2) + "\n"
+        try:
+            atomic_write_text(self.status_path, text.ljust(STATUS_RESERVED_BYTES))
+        except OSError:
+            if not self._rewrite_status_in_place(record):
+                raise
         if state != RUNNING:
             self.unlock()
+
+    def _rewrite_status_in_place(self, record: dict[str, Any]) -> bool:
+        """Overwrite ``status.json`` in place with ``record`` (message shortened to the file's size); False if the
+        file is missing or cannot be written either."""
+
+        def encoded(message: str | None) -> bytes:
+            return json.dumps(record if message is None else {**record, "message": message}).encode() + b"\n"
+
+        message = None if "message" not in record else str(record["message"])
+        data = encoded(message)
+        while len(data) > STATUS_RESERVED_BYTES and message:
+            keep = max(0, len(message) - (len(data) - STATUS_RESERVED_BYTES) - 3)
+            message = message[:keep] + "..." if keep else ""
+            data = encoded(message)
+        try:
+            with open(self.status_path, "r+b") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if len(data) > size:
+                    return False
+                handle.write(data.ljust(size))
+                handle.flush()
+                os.fsync(handle.fileno())
+            return True
+        except OSError:
+            return False
 
     @property
     def is_finished(self) -> bool:
