@@ -214,9 +214,12 @@ def test_a_torn_saved_model_is_one_error_line_in_every_reader(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"encoder_kwargs": {"pretrained_cfg_overlay": {"file": "/etc/passwd"}}}, "a dict is not a backbone option"),
+        ({"encoder_kwargs": {"pretrained_cfg_overlay": {"file": "/etc/passwd"}}}, "names files, a cache or pre-tr"),
+        ({"encoder_kwargs": {"mlp_layer": {"file": "/etc/passwd"}}}, "a dict is not a backbone option"),
+        ({"encoder_kwargs": {"checkpoint_path": "model.pkl"}}, r"encoder_kwargs\.checkpoint_path='model\.pkl': an op"),
+        ({"encoder_kwargs": {"pretrained": True}}, "names files, a cache or pre-trained weights"),
         ({"encoder_kwargs": {"channels": [60000, 64]}}, r"encoder_kwargs.channels=60000 is beyond 16384"),
-        ({"encoder_kwargs": {"cache_dir": "/tmp/elsewhere"}}, "a path or long text is not a backbone option"),
+        ({"encoder_kwargs": {"act_layer": "/tmp/elsewhere"}}, "a path or long text is not a backbone option"),
         ({"decoder_kwargs": {"backbone_kwargs": {"depth": 10**9}}}, r"backbone_kwargs\.depth=1000000000 is beyond"),
     ],
 )
