@@ -286,3 +286,22 @@ def test_eval_takes_no_output_location_or_launch_settings_from_a_checkpoint(runs
     assert not outside.exists() and not (tmp_path.parent / "escaped-eval").exists()
     written = json.loads((tmp_path / "runs" / "escaped-eval" / "metrics.json").read_text())
     assert written["world_size"] == 1
+
+
+def test_output_paths_of_the_wrong_kind_are_one_line_with_exit_2(runs, images, tmp_path, capsys):
+    """predict --out naming a file, export --onnx naming a directory or a path through a file: exit 2, one line."""
+    model = str(runs["segmentation", "fpn"] / "model")
+    a_file, a_dir = tmp_path / "a_file", tmp_path / "a_dir"
+    a_file.write_text("x")
+    a_dir.mkdir()
+    cases = (
+        (["predict", "--checkpoint", model, str(images[0]), "--out", str(a_file)], f"--out {a_file} is a file"),
+        (["export", "--checkpoint", model, "--onnx", str(a_dir)], f"--onnx {a_dir} is a directory"),
+        (["export", "--checkpoint", model, "--onnx", str(a_file / "m.onnx")], str(a_file)),
+    )
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"predec {argv[0]}: error: ") and message in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert a_file.read_text() == "x" and not any(a_dir.iterdir())

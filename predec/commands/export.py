@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from predec.commands import error_message
+from predec.commands import error_message, os_error_message
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from predec.models.export import check_onnx, export_onnx
 
     checkpoint = Path(args.checkpoint)
+    if args.onnx.is_dir():
+        print(f"predec export: error: --onnx {args.onnx} is a directory: give the file to write, e.g. "
+              f"{args.onnx / 'model.onnx'}.", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         if checkpoint.suffix == ".ckpt":  # predec train: the model of the recipe the checkpoint records
             from predec.engine.dense_checkpoint import load_dense_checkpoint, load_inference_module
@@ -56,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         path = export_onnx(model, args.onnx, size=tuple(args.size), opset=args.opset, dynamo=args.dynamo)
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"predec export: error: {error_message(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full disk, a path through a file
+        print(f"predec export: error: {os_error_message(err)}", file=sys.stderr)
         return 2
     print(f"wrote {path} (input 'image' (batch, {model.in_chans}, height, width), dynamic batch/height/width)")
     if args.no_check:

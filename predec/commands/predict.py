@@ -134,6 +134,8 @@ def check_colormap(name: str) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file: give a directory (it receives the prediction files).")
     import numpy as np
     import torch
     from PIL import Image
