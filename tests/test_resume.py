@@ -240,13 +240,33 @@ def test_checkpoint_writes_keep_the_previous_valid_one(tmp_path):
     assert io.load_checkpoint(previous)["global_step"] == 1 and io.load_checkpoint(path)["global_step"] == 3
 
 
-def test_an_empty_checksum_sidecar_is_a_corrupt_checkpoint_not_a_crash(tmp_path):
+@pytest.mark.parametrize("content", ["", "\n", "not-a-checksum  last.ckpt\n", "\x00\xff"])
+def test_an_empty_or_garbage_checksum_sidecar_is_unverifiable_not_a_crash(tmp_path, content):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 1}, path)
-    (tmp_path / "last.ckpt.sha256").write_text("")
-    with pytest.raises(CorruptCheckpointError, match=r"last\.ckpt.*is corrupt"):
+    (tmp_path / "last.ckpt.sha256").write_text(content)
+    with pytest.raises(CorruptCheckpointError, match=r"last\.ckpt' cannot be verified: its checksum file .* is empty"):
         read_checkpoint(path)
+
+
+def test_a_full_disk_during_torch_save_is_an_os_error_naming_the_checkpoint(tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as a RuntimeError ('unexpected pos'); predec raises ENOSPC."""
+    import errno
+    from collections import namedtuple
+
+    import predec.engine.checkpoint as checkpoint_module
+
+    def full(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 484352 vs 484248")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint_module.torch, "save", full)
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 512, 512))
+    with pytest.raises(OSError, match="No space left on device") as info:
+        AtomicCheckpointIO().save_checkpoint({"global_step": 1}, tmp_path / "last.ckpt")
+    assert info.value.errno == errno.ENOSPC and info.value.filename.endswith("last.ckpt")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_checkpoint_without_its_sidecar_loads_only_if_finite_and_with_a_warning(tmp_path):

@@ -18,8 +18,10 @@ scheduler and loop counters are restored by Lightning from the same file.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -62,8 +64,19 @@ def verify_checkpoint(path: str | Path) -> bool | None:
         return False
     if not sidecar.is_file():
         return None
-    recorded = sidecar.read_text(encoding="utf-8", errors="replace").split()
-    return bool(recorded) and sha256_file(path) == recorded[0]  # an empty sidecar verifies nothing: a mismatch
+    recorded = recorded_checksum(path)
+    return recorded is not None and sha256_file(path) == recorded  # an unreadable sidecar verifies nothing
+
+
+def recorded_checksum(path: str | Path) -> str | None:
+    """The sha256 that the sidecar of checkpoint ``path`` records; None if the sidecar is missing, empty or does
+    not start with a sha256 (64 hexadecimal digits)."""
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return None
+    words = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    digest = words[0].lower() if words else ""
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
 
 
 def _replace_if_exists(source: Path, target: Path) -> None:
@@ -71,6 +84,21 @@ def _replace_if_exists(source: Path, target: Path) -> None:
         os.replace(source, target)
     else:
         target.unlink(missing_ok=True)
+
+
+def save_tensors(obj: Any, path: Path, shown: Path | None = None) -> None:
+    """``torch.save(obj, path)``, its write failures raised as ``OSError`` naming ``shown`` (default ``path``; the
+    file being written, when ``path`` is its temporary twin). torch's zip writer reports a full disk as
+    ``RuntimeError: [enforce fail at inline_container.cc...] unexpected pos``."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as err:
+        if "inline_container" not in str(err) and "PytorchStreamWriter" not in str(err):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        if free < 64 * 2**20:
+            raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free)", str(shown or path)) from err
+        raise OSError(errno.EIO, f"Writing the checkpoint failed ({err})", str(shown or path)) from err
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -92,7 +120,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         step = checkpoint.get("global_step")
         with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+            save_tensors(checkpoint, tmp, path)
             digest = sha256_file(tmp)
             previous = previous_checkpoint(path)
             rewrite = step is not None and self._written_steps.get(path.resolve()) == step
@@ -133,6 +161,12 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} not found.")
     verified = verify_checkpoint(path)
+    if verified is False and recorded_checksum(path) is None:
+        raise CorruptCheckpointError(
+            f"Checkpoint {str(path)!r} cannot be verified: its checksum file {str(checksum_path(path))!r} is empty "
+            "or unreadable (no sha256 in it). If you trust the checkpoint, delete that file (it is then loaded "
+            f"unverified, if its tensors are finite); else resume from {str(previous_checkpoint(path))!r}."
+        )
     if verified is False:
         raise CorruptCheckpointError(
             f"Checkpoint {str(path)!r} is corrupt: its sha256 {sha256_file(path)[:12]}… does not match "
