@@ -6,9 +6,11 @@ CKPT: a predec train checkpoint (.ckpt: the model is rebuilt from the recipe it 
 directory (config.json + model.safetensors) or a .safetensors file with config.json beside it. A predec pretrain
 checkpoint is refused: fine-tune a dense model from it first. The ONNX graph has input "image" (batch, channels,
 height, width), normalised like the training images, and output "output" (depth in metres, or segmentation logits).
-Height and width must be multiples of the model's output stride. After export the file is run with onnxruntime at
-a second size (H + stride, W + 2·stride, batch 2) and compared with PyTorch; exit code 1 if the max abs difference
-exceeds --atol, 2 on bad input.
+The graph takes any height and width of at least the model's output stride: it pads bottom/right by reflection to
+the stride and crops back, as `predec predict` does (--size, the tracing size, is a multiple of the stride). After
+export the file is run with onnxruntime at a second size that is not a multiple of the stride (H + stride + 7,
+W + 2·stride + 13, batch 2) and compared with PyTorch; exit code 1 if the max abs difference exceeds --atol, 2 on bad
+input.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_check:
         return 0
     stride = model.output_stride
-    size = (args.size[0] + stride, args.size[1] + 2 * stride)
+    size = (args.size[0] + stride + 7, args.size[1] + 2 * stride + 13)
     diff = check_onnx(model, path, size=size, batch_size=2)
     verdict = "ok" if diff <= args.atol else f"FAILED (> {args.atol:g})"
     print(f"onnxruntime vs PyTorch at 2×{size[0]}×{size[1]}: max abs diff {diff:.3g} {verdict}")

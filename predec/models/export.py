@@ -6,6 +6,10 @@ CNN and Swin encoders in about 2 s on a CPU, and the graph matches PyTorch at ot
 dynamo exporter (``dynamo=True``, torch's default) gave the same results for FPN and ×Net but took 60-85 s per tiny
 model on the same CPU; it is kept as an option for operators the TorchScript exporter lacks.
 
+The exported graph takes any height and width: it pads the image bottom/right by reflection to the model's output
+stride and crops the output back, as ``DenseModel.predict`` does (:class:`StridePadded`), so onnxruntime and
+``predec predict`` agree on every size at least one stride on each side.
+
 Not supported: ViT-style encoders with dynamic image size. Their position-embedding resampling uses antialiased
 bicubic interpolation, which the TorchScript exporter cannot express, and the dynamo exporter's graph failed in
 onnxruntime at a batch/size other than the export one (measured with ``test_vit``).
@@ -29,6 +33,27 @@ def _stride(model: nn.Module) -> int:
     return int(getattr(model, "output_stride", 1))
 
 
+class StridePadded(nn.Module):
+    """``model`` on any input size: reflect-pad bottom/right to its output stride, crop the output back (the padding
+    of ``DenseModel.predict``, written with shape arithmetic that the ONNX exporters record as graph operations).
+
+    Args:
+        model: maps (B, C, H, W) images, H and W multiples of ``model.output_stride``, to (B, K, H, W).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.stride = _stride(model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        pad_h = (self.stride - height % self.stride) % self.stride
+        pad_w = (self.stride - width % self.stride) % self.stride
+        y = self.model(nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="reflect"))
+        return y[..., :height, :width]
+
+
 def _check_size(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
     h, w = (int(v) for v in size)
     s = _stride(model)
@@ -45,6 +70,7 @@ def export_onnx(
     batch_size: int = 1,
     opset: int = 18,
     dynamo: bool = False,
+    pad_to_stride: bool = True,
 ) -> Path:
     """Export ``model`` (in eval mode) to ONNX with dynamic batch, height and width.
 
@@ -55,10 +81,12 @@ def export_onnx(
         batch_size: batch size of the example input.
         opset: ONNX opset version.
         dynamo: use torch's dynamo-based exporter instead of the TorchScript-based one (module docstring).
+        pad_to_stride: the graph pads any input size to the stride and crops back (:class:`StridePadded`); False:
+            the graph takes multiples of the stride only.
 
     Returns:
-        The written path. Input ``"image"`` (batch, in_chans, height, width) float32; output ``"output"``
-        (batch, channels, height, width).
+        The written path. Input ``"image"`` (batch, in_chans, height, width) float32, height and width at least
+        ``output_stride`` (any, with ``pad_to_stride``); output ``"output"`` (batch, channels, height, width).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +102,8 @@ def export_onnx(
             axes = dict(dynamic_shapes=({axis: dim for axis in DYNAMIC_AXES},), verbose=False)
         else:
             axes = dict(dynamic_axes={INPUT_NAME: DYNAMIC_AXES, OUTPUT_NAME: DYNAMIC_AXES})
-        torch.onnx.export(model, (example,), str(path), **common, **axes)
+        graph = StridePadded(model) if pad_to_stride and _stride(model) > 1 else model
+        torch.onnx.export(graph, (example,), str(path), **common, **axes)
     finally:
         model.train(was_training)
     return path
@@ -88,7 +117,9 @@ def check_onnx(
     Args:
         model: the PyTorch model the file was exported from (run in eval mode, training mode restored after).
         path: the ``.onnx`` file.
-        size: (H, W) of the test input; use one that differs from the export size to check dynamic axes.
+        size: (H, W) of the test input, each at least the output stride; use one that differs from the export size
+            (and is not a multiple of the stride) to check the dynamic axes and the padding. PyTorch's side pads as
+            the graph does (:class:`StridePadded`, the padding of ``DenseModel.predict``).
         batch_size: batch size of the test input.
         seed: seed of the random input.
 
@@ -97,7 +128,9 @@ def check_onnx(
     """
     import onnxruntime
 
-    h, w = _check_size(model, size)
+    h, w = (int(v) for v in size)
+    if min(h, w) < _stride(model):
+        raise ValueError(f"Check size {h}×{w}: each side must be at least the model's output stride {_stride(model)}.")
     in_chans = int(getattr(model, "in_chans", 3))
     x = torch.randn(batch_size, in_chans, h, w, generator=torch.Generator().manual_seed(seed))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -106,7 +139,7 @@ def check_onnx(
     model.eval()
     try:
         with torch.no_grad():
-            want = model(x).numpy()
+            want = StridePadded(model)(x).numpy() if _stride(model) > 1 else model(x).numpy()
     finally:
         model.train(was_training)
     if got.shape != want.shape:
