@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 IGNORE_INDEX = 255
 
@@ -59,14 +60,19 @@ def make_sample(
 
 
 def transform_sample(transform: Callable[[dict[str, Any]], Any] | None, sample: dict[str, Any]) -> Any:
-    """``transform`` applied to the tensors of ``sample``, its ``"meta"`` passed through untouched.
+    """``transform`` applied to ``sample``.
 
-    torchvision's v2 transforms walk every leaf of their input (a nested intrinsics list is nine leaves) in each of
-    their steps; the tensors are all they change, so meta stays out of the walk.
+    A torchvision v2 transform (``v2.Compose`` of predec's dense pipelines) gets the tensors only and ``"meta"`` is
+    passed through untouched to an output in the sample format (a dict with ``"image"``; one that returns something
+    else, e.g. SlotCon's two views, drops meta as it did when it saw it): v2 transforms walk every leaf of their input
+    (a nested intrinsics list is nine leaves) in each of their steps and change only the tensors. Any other callable
+    gets the whole sample, meta included.
     """
     if transform is None:
         return sample
-    if "meta" not in sample:
+    if "meta" not in sample or not isinstance(transform, v2.Transform):
         return transform(sample)
-    tensors = {key: value for key, value in sample.items() if key != "meta"}
-    return {**transform(tensors), "meta": sample["meta"]}
+    output = transform({key: value for key, value in sample.items() if key != "meta"})
+    if isinstance(output, dict) and "image" in output:
+        return {**output, "meta": sample["meta"]}
+    return output
