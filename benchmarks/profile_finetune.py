@@ -16,7 +16,8 @@ nothing is downloaded). Per variant and repeat:
   validation time that of ``on_validation_epoch_start`` to ``..._end``;
 - **bare**: the same module, optimiser, schedule and data loader in a plain PyTorch loop;
 - **bare, cached batches**: the same loop on batches collated in advance (no data loading);
-- **profile**: ``torch.profiler`` over the cached-batch loop: self CPU time by operator family.
+- **profile**: ``torch.profiler`` over the cached-batch loop: self CPU time by operator family;
+- with ``--compile``: the cached-batch loop on ``torch.compile(model)`` (inductor), compilation untimed.
 
 Prints a markdown table (min / median / max over repeats of each repeat's median step) and the operator split.
 """
@@ -64,6 +65,7 @@ def stage_config(
             f"finetune.tasks=[{task}]",
             f"finetune.num_train=[{num_train}]",
             "finetune.extra_num_train={}",
+            f"finetune.max_steps={steps}",
         ],
     )
     name = finetune_stage_name(task, variant, num_train, demo.finetune.seeds_of(variant)[0])
@@ -123,8 +125,9 @@ def render_scenes(config: Any) -> None:
             dataset.raw(index)
 
 
-def bare_parts(config: Any) -> tuple[Any, Any, Any, Any]:
-    """Module, optimiser, scheduler and training loader of ``config`` as the run engine builds them."""
+def bare_parts(config: Any, compile_model: bool = False) -> tuple[Any, Any, Any, Any]:
+    """Module, optimiser, scheduler and training loader of ``config`` as the run engine builds them
+    (``compile_model``: the model wrapped in ``torch.compile``, inductor)."""
     from predec.engine.datamodule import DenseDataModule
     from predec.engine.dense import DenseModule
 
@@ -132,6 +135,8 @@ def bare_parts(config: Any) -> tuple[Any, Any, Any, Any]:
     module = DenseModule(config)
     module.train()
     optimizers = module.configure_optimizers()
+    if compile_model:
+        module.model = torch.compile(module.model)
     data = DenseDataModule(config.data, config.model.task, config.seed, config.trainer.max_steps, 1)
     data.setup("fit")
     return module, optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"], data.train_dataloader()
@@ -148,9 +153,10 @@ def bare_step(module: Any, optimizer: Any, scheduler: Any, batch: dict[str, Any]
     scheduler.step()
 
 
-def time_bare(config: Any, warmup: int, steps: int, cached: bool) -> float:
-    """Median seconds of a bare step (``cached``: on batches collated in advance)."""
-    module, optimizer, scheduler, loader = bare_parts(config)
+def time_bare(config: Any, warmup: int, steps: int, cached: bool, compile_model: bool = False) -> float:
+    """Median seconds of a bare step (``cached``: on batches collated in advance; ``compile_model``: the model
+    compiled, its compilation in the first, untimed steps)."""
+    module, optimizer, scheduler, loader = bare_parts(config, compile_model)
     autocast = config.trainer.precision == "bf16-mixed"
     batches = iter(list(loader)[: warmup + steps] if cached else loader)
     times = []
@@ -162,16 +168,18 @@ def time_bare(config: Any, warmup: int, steps: int, cached: bool) -> float:
 
 
 def operator_split(config: Any, steps: int) -> dict[str, float]:
-    """Share of self CPU time per operator family over ``steps`` cached-batch bare steps (after 3 warm-up steps)."""
+    """Share of self CPU time per operator family over ``steps`` cached-batch bare steps (after up to 3 warm-up
+    steps)."""
     from torch.profiler import ProfilerActivity, profile
 
     module, optimizer, scheduler, loader = bare_parts(config)
     autocast = config.trainer.precision == "bf16-mixed"
-    batches = list(loader)[: steps + 3]
-    for batch in batches[:3]:
+    batches = list(loader)  # the run's batches: warm-up and timed steps
+    warm = min(3, len(batches) - 1)
+    for batch in batches[:warm]:
         bare_step(module, optimizer, scheduler, batch, autocast)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for batch in batches[3:]:
+        for batch in batches[warm : warm + steps]:
             bare_step(module, optimizer, scheduler, batch, autocast)
     totals: dict[str, float] = {}
     for event in prof.key_averages():
@@ -203,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a demo worker uses 1)")
     parser.add_argument("--override", nargs="*", default=[], help="extra recipe overrides (key=value)")
+    parser.add_argument("--compile", action="store_true", help="also time the cached-batch loop on torch.compile")
     parser.add_argument("--no-profile", action="store_true", help="skip the operator split")
     parser.add_argument("--json", type=Path, help="write the measurements here")
     args = parser.parse_args(argv)
@@ -232,12 +241,19 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 render_scenes(config)
                 row: dict[str, list[float]] = {"lightning": [], "bare": [], "bare_cached": [], "validation": []}
+                if args.compile:
+                    row["bare_cached_compiled"] = []
                 for _ in range(args.repeats):
                     timed = time_lightning(config, args.warmup, Path(tmp) / "run")
                     row["lightning"].append(timed["step"])
                     row["validation"].append(timed["validation"])
                     row["bare"].append(time_bare(config, args.warmup, args.steps, cached=False))
                     row["bare_cached"].append(time_bare(config, args.warmup, args.steps, cached=True))
+                    if args.compile:
+                        started = time.perf_counter()
+                        timed_step = time_bare(config, args.warmup, args.steps, cached=True, compile_model=True)
+                        row["bare_cached_compiled"].append(timed_step)
+                        row.setdefault("compile_run_seconds", []).append(time.perf_counter() - started)
                 if not args.no_profile:
                     row["operators"] = operator_split(config, min(args.steps, 10))  # type: ignore[assignment]
                 results["rows"][f"{task}/{variant}"] = row
@@ -253,6 +269,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {key} | {spread(row['lightning'])} | {spread(row['bare'])} | {spread(row['bare_cached'])} | "
               f"{1000 * (light - bare):.0f} ms ({(light - bare) / light:.0%}) | {1000 * (bare - cached):.0f} ms "
               f"({(bare - cached) / light:.0%}) | {spread(row['validation'])} |")  # fmt: skip
+    if args.compile:
+        print("\ntorch.compile (inductor) of the model, bare loop on cached batches (ms; whole measurement, "
+              "compilation included, in s):\n")  # fmt: skip
+        for key, row in results["rows"].items():
+            print(f"- {key}: eager {spread(row['bare_cached'])}, compiled {spread(row['bare_cached_compiled'])}; "
+                  f"{min(row['compile_run_seconds']):.0f} s")  # fmt: skip
     if not args.no_profile:
         print("\nSelf CPU time of the cached-batch bare step by operator family:\n")
         for key, row in results["rows"].items():
