@@ -218,6 +218,7 @@ def test_a_torn_saved_model_is_one_error_line_in_every_reader(tmp_path, capsys):
         ({"encoder_kwargs": {"mlp_layer": {"file": "/etc/passwd"}}}, "a dict is not a backbone option"),
         ({"encoder_kwargs": {"checkpoint_path": "model.pkl"}}, r"encoder_kwargs\.checkpoint_path='model\.pkl': an op"),
         ({"encoder_kwargs": {"pretrained": True}}, "names files, a cache or pre-trained weights"),
+        ({"encoder_kwargs": {"cache_dir": "hub"}}, "names files, a cache or pre-trained weights"),
         ({"encoder_kwargs": {"channels": [60000, 64]}}, r"encoder_kwargs.channels=60000 is beyond 16384"),
         ({"encoder_kwargs": {"act_layer": "/tmp/elsewhere"}}, "a path or long text is not a backbone option"),
         ({"decoder_kwargs": {"backbone_kwargs": {"depth": 10**9}}}, r"backbone_kwargs\.depth=1000000000 is beyond"),

@@ -316,16 +316,18 @@ FILE_OPTION_LIMITS = {"int": 16384, "list": 32, "str": 64}
 """Bounds on the backbone options a model file (config.json, a checkpoint's recipe) may carry: integers up to 16384
 (channel widths, depths), lists up to 32 items, strings up to 64 characters without a path in them."""
 _BACKBONE_OPTION_KEYS = ("encoder_kwargs", "backbone_kwargs")
-FILE_OPTION_WORDS = ("path", "file", "dir", "url", "checkpoint", "cache", "cfg", "hub", "pretrained")
-"""A backbone option a model file may not set whatever its value: its name has one of these words (timm's
-``checkpoint_path``, ``pretrained_cfg``, ``cache_dir``... make loading read other files or the network; the file's
-own weights are the model's)."""
+FILE_OPTION_WORDS = ("file", "url", "checkpoint", "cache", "cfg", "hub", "pretrained")
+FILE_OPTION_ENDINGS = ("path", "dir", "root")
+"""A backbone option a model file may not set whatever its value: its name has one of :data:`FILE_OPTION_WORDS` or
+ends with one of these (timm's ``checkpoint_path``, ``pretrained_cfg``, ``cache_dir``... make loading read other files
+or the network; the file's own weights are the model's). ``drop_path_rate`` is a rate, not a path."""
 
 
 def check_file_options(config: Mapping[str, Any], source: str) -> None:
     """Refuse backbone options of a model file that a model never needs and that would make loading it open or write
-    other files or allocate without bound: options named for files or weights (:data:`FILE_OPTION_WORDS`), nested
-    mappings, path-like or long strings, integers or lists beyond :data:`FILE_OPTION_LIMITS`.
+    other files or allocate without bound: options named for files or weights (:data:`FILE_OPTION_WORDS`,
+    :data:`FILE_OPTION_ENDINGS`), nested mappings, path-like or long strings, integers or lists beyond
+    :data:`FILE_OPTION_LIMITS`.
 
     Args:
         config: the model settings read from the file (``config.json`` or a recipe's ``model`` section).
@@ -339,7 +341,7 @@ def check_file_options(config: Mapping[str, Any], source: str) -> None:
     def check(key: str, value: Any) -> None:
         where = f"{source}: {key}={value!r}"
         name = key.rsplit(".", 1)[-1].lower()
-        if any(word in name for word in FILE_OPTION_WORDS):
+        if any(word in name for word in FILE_OPTION_WORDS) or name.endswith(FILE_OPTION_ENDINGS):
             raise ValueError(
                 f"{where}: an option that names files, a cache or pre-trained weights is not one a "
                 "model file may set (its own weights are the model's)."
