@@ -44,3 +44,16 @@ def test_file_system_failures_are_one_line_with_exit_2(capsys):
     assert err == "predec train: error: No space left on device: '/runs/x/checkpoints/last.ckpt'\n"
     moved = OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b")
     assert os_error_message(moved) == "Invalid cross-device link: '/a' → '/b'"
+
+
+def test_lightning_tips_are_dropped_and_its_other_messages_kept(caplog):
+    import logging
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    import predec.engine.trainer  # noqa: F401 (installs the filter)
+
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
+        rank_zero_info("GPU available: False, used: False")
+    assert "Tip" not in caplog.text and "GPU available" in caplog.text

@@ -34,6 +34,17 @@ from predec.optim import build_optimizer, build_scheduler
 logger = logging.getLogger(__name__)
 
 
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's advertising lines ("💡 Tip: For seamless cloud logging ... litlogger") from every run's
+    output; its other messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropLightningTips())
+
+
 def cpu_has_bf16() -> bool:
     """True if this CPU has native bf16 arithmetic (AVX512-BF16 or AMX tiles), where bf16 autocast pays off."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -195,6 +206,8 @@ def build_trainer(
     warnings.filterwarnings("ignore", message=".*does not have many workers which may be a bottleneck.*")
     # Evaluation metrics are reduced by DenseModule itself (metric states are SUM-reduced), not by self.log.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    # Lightning 2.6's own use of a deprecated torch pytree API, printed in every run; nothing a user can change.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     precision = resolve_precision(config)
     try:
         return L.Trainer(
