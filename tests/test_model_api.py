@@ -253,3 +253,16 @@ def test_smp_and_timm_habits_are_answered_with_predecs_names(option, names):
 
     with pytest.raises(ConfigError, match=rf"Unknown option model\.decoder_kwargs\.{option} for FPN\..*{names}"):
         predec.create_model("fpn", encoder="test_resnet", task="segmentation", num_classes=3, **{option: 1})
+
+
+def test_save_pretrained_files_follow_the_umask(tmp_path):
+    """safetensors writes its file owner-only (0600); a saved model's files are readable as any other file."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        tiny("fpn", "segmentation").save_pretrained(tmp_path / "model")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "model" / name).stat().st_mode & 0o777 == 0o644, name

@@ -49,6 +49,20 @@ def _unknown(kind: str, name: str, valid: Sequence[str]) -> ValueError:
     return ValueError(f"Unknown {kind} {name!r}; valid: {', '.join(valid)}.{hint}")
 
 
+def _process_umask() -> int:
+    """The process's file-creation mask (read from /proc where there is one: setting it to read it is not
+    thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 class DenseModel(
     nn.Module,
     PyTorchModelHubMixin,
@@ -233,6 +247,12 @@ class DenseModel(
         if self._encoder_frozen:
             self.encoder.eval()
         return self
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """``huggingface_hub``'s save (``config.json`` + ``model.safetensors``), the weights file then given the
+        permissions of the process's umask like every other file (safetensors writes it owner-only, 0600)."""
+        super()._save_pretrained(save_directory)
+        os.chmod(Path(save_directory) / WEIGHTS_NAME, 0o666 & ~_process_umask())
 
     @classmethod
     def _from_pretrained(
