@@ -108,7 +108,7 @@ def test_eval_writes_metrics_json(runs, tmp_path, task, arch):
     key = "abs_rel" if task == "depth" else "mIoU"
     assert math.isfinite(record["metrics"][key])
     assert record["metrics"][key] == pytest.approx(trained["metrics"][key], rel=1e-6)  # same weights, same data
-    assert (out / "config.yaml").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json"]  # no empty checkpoints/, logs/
 
 
 @pytest.mark.parametrize(("task", "arch"), CASES)

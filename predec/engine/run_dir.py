@@ -154,8 +154,9 @@ class RunDir:
             path.unlink(missing_ok=True)
 
     def save_config(self, config: Any) -> Path:
-        """Write the resolved config as ``config.yaml``."""
-        self.create()
+        """Write the resolved config as ``config.yaml`` (the directory is created; its ``checkpoints/`` and ``logs/``
+        only by a training run, so an evaluation's directory holds no empty folders)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         return save_config(config, self.config_path)
 
     def load_config(self, schema: type) -> Any:
