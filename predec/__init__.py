@@ -7,12 +7,12 @@ timm, huggingface_hub or Lightning.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from predec.models.base import DenseModel, create_model, from_pretrained, list_models
 
 # Public name -> module that defines it (imported when the name is first accessed).
@@ -26,16 +26,17 @@ _LAZY: dict[str, str] = {
 __all__ = ["DenseModel", "__version__", "create_model", "from_pretrained", "list_models"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     """Import a lazy public name on first access and cache it in the module namespace."""
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
+    value = getattr(_importlib.import_module(module_name), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    """Module attributes, lazy public names included."""
-    return sorted(set(globals()) | set(_LAZY))
+    """The public names (``__all__``) and the sub-packages imported so far."""
+    modules = {name for name, value in globals().items() if isinstance(value, type(_typing)) and name[0] != "_"}
+    return sorted({*__all__, *modules})

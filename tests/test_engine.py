@@ -305,3 +305,12 @@ def test_output_paths_of_the_wrong_kind_are_one_line_with_exit_2(runs, images, t
         assert err.startswith(f"predec {argv[0]}: error: ") and message in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert a_file.read_text() == "x" and not any(a_dir.iterdir())
+
+
+def test_predict_with_a_missing_image_stops_before_predicting_any(runs, images, tmp_path, capsys):
+    out = tmp_path / "p"
+    argv = ["predict", "--checkpoint", str(runs["segmentation", "fpn"] / "model"), str(images[0]), "nope.png"]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "predec predict: error: 1 of the images not found: nope.png." in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

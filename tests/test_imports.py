@@ -36,3 +36,11 @@ def test_unknown_attribute_raises_attribute_error() -> None:
     """Names that are not lazy exports still raise AttributeError (hasattr/getattr defaults keep working)."""
     with pytest.raises(AttributeError, match="no_such_name"):
         predec.no_such_name  # noqa: B018
+
+
+def test_the_package_namespace_shows_only_its_api():
+    import predec
+
+    names = set(dir(predec))
+    assert {"DenseModel", "create_model", "from_pretrained", "list_models", "__version__"} <= names
+    assert not names & {"Any", "TYPE_CHECKING", "importlib", "annotations", "typing"}

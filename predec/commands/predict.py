@@ -136,6 +136,10 @@ def check_colormap(name: str) -> None:
 def _predict(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file: give a directory (it receives the prediction files).")
+    missing = [str(path) for path in args.images if not Path(path).is_file()]
+    if missing:  # before any prediction: a typo in the last name must not leave a half-written --out
+        raise FileNotFoundError(f"{len(missing)} of the images not found: {', '.join(missing[:5])}"
+                                + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "") + ".")  # fmt: skip
     import numpy as np
     import torch
     from PIL import Image
