@@ -267,3 +267,32 @@ def test_concat_mixing_xnet_stem_is_widened_by_the_decoder_not_adapted(tmp_path)
     stem = model.decoder.backbone.model.state_dict()[key]
     assert stem.shape[1] == 6
     assert torch.equal(stem[:, :3], state[key]) and not stem[:, 3:].any()
+
+
+def test_an_unreachable_hub_is_read_from_the_cache_at_once_not_retried(monkeypatch):
+    """With no route to the Hub, timm's download runs in offline mode (the local cache only) and the error says so,
+    instead of a minute of retries; the Hub's own message ends with a period that is not doubled."""
+    import socket
+
+    from huggingface_hub import constants
+
+    import predec.models.weights as weights
+
+    def no_route(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    seen = {}
+
+    def fake_create_model(tag, pretrained):
+        seen["offline"] = constants.HF_HUB_OFFLINE
+        raise RuntimeError("cannot find the requested files in the local cache.")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    monkeypatch.setattr(weights.timm, "create_model", fake_create_model)
+    assert not weights.hub_reachable(timeout=0.1)
+    with pytest.raises(RuntimeError, match="unreachable from this machine") as info:
+        weights._timm_state_dict("resnet18", "encoder")
+    assert seen["offline"] is True and constants.HF_HUB_OFFLINE is False  # restored after
+    assert "local cache. To load" in str(info.value) and ".." not in str(info.value)

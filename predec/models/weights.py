@@ -28,9 +28,10 @@ stages) are dropped silently, and an input convolution trained on 3 channels is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,37 @@ class WeightsReport:
 
 def _more(items: list) -> str:
     return f" ... (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face Hub's endpoint opens within ``timeout`` seconds (huggingface_hub
+    itself retries an unreachable host for about a minute before it gives up)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def hub_offline_mode() -> Iterator[None]:
+    """huggingface_hub in offline mode for the block (its local cache only), as ``HF_HUB_OFFLINE=1`` would have set
+    it at import."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def hub_offline() -> bool:
@@ -203,14 +235,18 @@ def _hub_state_dict(spec: str, part: str) -> dict[str, Tensor]:
         raise ValueError(f"Hub weight spec {spec!r} must read 'hf-hub:org/repo' or 'hf-hub:org/repo/file'.")
     repo_id, filenames = "/".join(parts[:2]), ["/".join(parts[2:])] if len(parts) > 2 else list(HUB_FILES)
     errors = []
+    unreachable = not hub_offline() and not hub_reachable()
     for filename in filenames:
         try:
-            local = hf_hub_download(repo_id=repo_id, filename=filename)
+            with hub_offline_mode() if unreachable else contextlib.nullcontext():
+                local = hf_hub_download(repo_id=repo_id, filename=filename)
         except Exception as err:  # the hub raises many error types; all mean "not available here"
-            errors.append(f"{filename}: {type(err).__name__}: {err}")
+            errors.append(f"{filename}: {type(err).__name__}: {str(err).strip().rstrip('.')}")
             continue
         return read_state_dict(local)
     offline = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if hub_offline() else ""
+    if unreachable:
+        offline = " (the Hub is unreachable from this machine: only the local cache was searched)"
     raise RuntimeError(
         f"Cannot fetch {spec!r}{offline}: "
         + " | ".join(errors)
@@ -241,14 +277,18 @@ def _timm_state_dict(tag: str, part: str) -> dict[str, Tensor]:
                 f"timm weights {tag!r} are only available from {cfg.url}, HF_HUB_OFFLINE is set and they are not in "
                 f"the torch hub cache ({cached}). " + _hub_error_hint(cfg.url or tag, part)
             )
+    unreachable = bool(cfg.hf_hub_id) and not hub_offline() and not hub_reachable()
     try:
-        full = timm.create_model(tag, pretrained=True)
+        with hub_offline_mode() if unreachable else contextlib.nullcontext():  # the cache, not a minute of retries
+            full = timm.create_model(tag, pretrained=True)
     except Exception as err:
         where = cfg.hf_hub_id or cfg.url
         offline = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if hub_offline() else ""
+        if unreachable:
+            offline = " (the Hub is unreachable from this machine: only the local cache was searched)"
         raise RuntimeError(
-            f"Cannot fetch timm weights {tag!r} from {where}{offline}: {type(err).__name__}: {err}. "
-            + _hub_error_hint(f"'{where}'", part)
+            f"Cannot fetch timm weights {tag!r} from {where}{offline}: {type(err).__name__}: "
+            f"{str(err).strip().rstrip('.')}. " + _hub_error_hint(f"'{where}'", part)
         ) from err
     return full.state_dict()
 
