@@ -252,6 +252,7 @@ def test_failed_stage_is_reported_others_run_and_rerun_reuses_cache(tmp_path):
     assert len(scratch["per_class_iou"]) == len(SCENE_CLASS_NAMES) and "encoder" in scratch["weight_change"]
     report = (tmp_path / "report.md").read_text()
     assert "## Failed stages" in report and "learning rate" in report
+    assert "**A smoke test, not a result**" in report
     assert (tmp_path / "predictions_segmentation.png").is_file()
 
     done = tmp_path / "stages/finetune/segmentation/fpn_scratch/n16/seed0/done.json"
@@ -439,3 +440,15 @@ def test_demo_workers_end_when_the_demo_process_is_killed(tmp_path):
         time.sleep(0.5)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError(f"worker {worker} outlived its killed parent by 30 s")
+
+
+def test_the_report_says_what_short_runs_cannot_tell():
+    from predec.demo.report import scope_lines
+
+    def results(demo: str, validate: int | None) -> dict:
+        return {"demo": demo, "settings": {"finetune": {"max_steps": 200, "val_every_n_steps": validate}}}
+
+    short = scope_lines(results("full", None))[0]
+    assert "Short runs" in short and "a fixed 200 steps" in short
+    assert "smoke test" in scope_lines(results("quick", 2))[0]
+    assert scope_lines(results("benchmark", 100)) == []

@@ -298,6 +298,28 @@ def _probe_records(results: dict[str, Any], task: str, name: str) -> list[dict[s
     return [r for n, r in results["stages"].items() if n.startswith(prefix) and r["state"] in ("done", "cached")]
 
 
+def scope_lines(results: dict[str, Any]) -> list[str]:
+    """What the run can and cannot tell, above its numbers: the quick demo is a smoke test; a run whose fine-tuning
+    does not validate (a fixed number of steps) measures how fast each variant starts, not where it ends."""
+    ft = results["settings"]["finetune"]
+    if results["demo"] == "quick":
+        return [
+            "**A smoke test, not a result**: tiny sizes, a few steps, one seed — it checks that every stage runs; "
+            "its numbers decide nothing. The converged study: `predec demo --benchmark` "
+            "(docs/benchmark_report/ in the repository).",
+            "",
+        ]
+    if not ft.get("val_every_n_steps"):
+        return [
+            f"**Short runs**: every fine-tuning run stops after a fixed {ft['max_steps']} steps, before its validation "
+            "plateau, so these numbers say how fast each variant starts, not how good it ends. The converged study "
+            "(every run to its plateau, 3 label budgets, 5 seeds): `predec demo --benchmark` "
+            "(docs/benchmark_report/ in the repository).",
+            "",
+        ]
+    return []
+
+
 def report_markdown(results: dict[str, Any], figures: Sequence[Path] = ()) -> str:
     """``report.md``: settings, the zoo entries used, per-variant metrics per label budget, comparisons, the probe,
     per-class IoU, weight changes, failures, timings, figures."""
@@ -313,6 +335,7 @@ def report_markdown(results: dict[str, Any], figures: Sequence[Path] = ()) -> st
         f"precision {machine['precision']}); load average (1/5/15 min) {machine['load_average_start']} at the start, "
         f"{machine['load_average_end']} at the end. Every number below is what this run measured.",
         "",
+        *scope_lines(results),
         "## Settings",
         "",
         *settings_lines(results),
