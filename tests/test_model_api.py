@@ -4,6 +4,7 @@ import json
 import socket
 
 import huggingface_hub
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -266,3 +267,38 @@ def test_save_pretrained_files_follow_the_umask(tmp_path):
         os.umask(old)
     for name in ("config.json", "model.safetensors"):
         assert (tmp_path / "model" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_predict_takes_raw_images_and_normalises_them_as_training_does(tmp_path):
+    """PIL images, uint8 arrays and uint8 tensors go through model.preprocess (the model's recorded mean/std, the
+    eval transform's ImageNet normalisation); raw 0-255 floats are predicted with a warning."""
+    import warnings
+
+    from PIL import Image
+
+    from predec.data.sample import make_sample
+    from predec.data.transforms import eval_transform
+
+    model = tiny("fpn", "segmentation").eval()
+    image = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
+    want = model.predict(eval_transform()(make_sample(image))["image"][None])
+    raw = (Image.fromarray(image), image, torch.from_numpy(image).permute(2, 0, 1), [image, image])
+    for x in raw:
+        got = model.predict(x)
+        torch.testing.assert_close(got[:1], want, atol=1e-5, rtol=1e-5)
+    assert model.predict([image, image]).shape[0] == 2
+    with pytest.warns(UserWarning, match="look like raw 0-255 pixels"):
+        model.predict(torch.from_numpy(image).permute(2, 0, 1)[None].float())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(want.new_zeros(1, 3, 40, 56))  # normalised input: no warning
+    with pytest.raises(TypeError, match="must be uint8"):
+        model.predict(image.astype(np.float64))
+    with pytest.raises(ValueError, match="different sizes"):
+        model.predict([image, image[:32]])
+    model.save_pretrained(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["mean"] == [0.485, 0.456, 0.406] and config["std"] == [0.229, 0.224, 0.225]
+    assert predec.from_pretrained(tmp_path / "model").mean == model.mean
+    with pytest.raises(ValueError, match="one value per input channel"):
+        predec.create_model("fpn", encoder="test_resnet", task="depth", mean=[0.5, 0.5])

@@ -22,9 +22,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from predec.data.sample import IGNORE_INDEX, Depth
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from predec.models.preprocess import IMAGENET_MEAN, IMAGENET_STD  # the models' input normalisation
 
 FILL: dict[type, int] = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX, Depth: 0}
 """Padding values by sample entry type: image black, labels ignore (255), depth invalid (0)."""

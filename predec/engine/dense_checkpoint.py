@@ -21,7 +21,7 @@ import torch
 from predec.config import ConfigError, DenseConfig, ModelConfig, from_dict, to_dict
 from predec.engine.checkpoint import read_checkpoint
 from predec.engine.dense import DenseModule, architecture_mismatch, head_override
-from predec.models.base import CONFIG_NAME, WEIGHTS_NAME, saved_config
+from predec.models.base import CONFIG_NAME, INPUT_NORMALISATION_KEYS, WEIGHTS_NAME, saved_config
 from predec.models.decoders.xnet import LEGACY_RESHAPE
 from predec.models.heads import LEGACY_HEAD
 from predec.models.weights import load_state, read_state_dict
@@ -53,12 +53,13 @@ class DenseCheckpoint:
 
 
 def _model_config_from_json(config: dict[str, Any]) -> dict[str, Any]:
-    """``DenseModel.config`` (save_pretrained's config.json) → ``ModelConfig`` fields."""
+    """``DenseModel.config`` (save_pretrained's config.json) → ``ModelConfig`` fields (the input normalisation,
+    ``mean``/``std``, is not one: recipes train with the data transforms' ImageNet normalisation)."""
     config = saved_config(config)
     known = {k: config[k] for k in _MODEL_FIELDS if k in config}
     known["encoder_kwargs"] = dict(config.get("encoder_kwargs") or {})
     known["head_kwargs"] = dict(config.get("head_kwargs") or {})
-    extra = (*_MODEL_FIELDS, "encoder_kwargs", "head_kwargs")
+    extra = (*_MODEL_FIELDS, "encoder_kwargs", "head_kwargs", *INPUT_NORMALISATION_KEYS)
     known["decoder_kwargs"] = {k: v for k, v in config.items() if k not in extra}
     return known
 

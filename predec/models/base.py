@@ -11,6 +11,7 @@ import fnmatch
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from predec.models.decoders.base import checks_enabled
 from predec.models.decoders.xnet import DEFAULT_RESHAPE, LEGACY_RESHAPE
 from predec.models.encoders import TimmBackbone, check_backbone_name
 from predec.models.heads import HEAD_OPTIONS, LEGACY_HEAD, TASKS, build_head
+from predec.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from predec.models.weights import HUB_PREFIX, WeightSpec, load_weights
 
 CONFIG_NAME = "config.json"
@@ -83,6 +85,10 @@ class DenseModel(
         max_depth: largest depth in metres (depth only).
         min_depth: smallest depth in metres (depth only).
         in_chans: input channels.
+        mean: per-channel mean of the input normalisation ``(x / 255 - mean) / std`` (ImageNet's by default; the
+            data transforms use the same), recorded in the config so that :meth:`preprocess` and :meth:`predict`
+            normalise raw images as the model was trained.
+        std: per-channel standard deviation of that normalisation.
         encoder_kwargs: extra keyword arguments for ``timm.create_model`` of the encoder (e.g. ``drop_path_rate``).
         head_kwargs: task head options over the decoder's ``head_defaults``: ``convs`` (Conv3×3-BN-ReLU blocks
             before the final conv) and ``channels`` (their width; None: the decoder output's). None or ``{}``: the
@@ -109,6 +115,8 @@ class DenseModel(
         in_chans: int = 3,
         encoder_kwargs: dict[str, Any] | None = None,
         head_kwargs: dict[str, Any] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         **decoder_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -133,6 +141,13 @@ class DenseModel(
         self.arch = arch
         self.task = task
         self.in_chans = int(in_chans)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans or min(self.std) <= 0:
+            raise ValueError(
+                f"mean={list(self.mean)}, std={list(self.std)}: one value per input channel ({self.in_chans}), "
+                "std > 0 (the normalisation of the model's inputs, e.g. ImageNet's)."
+            )
+        self._hub_mixin_config = {**(self._hub_mixin_config or {}), "mean": list(self.mean), "std": list(self.std)}
         recorded = {**recorded_options(arch, decoder_kwargs), "head_kwargs": head}
         self._hub_mixin_config = {**(self._hub_mixin_config or {}), **recorded}
         self.encoder = TimmBackbone(encoder, in_chans=in_chans, **(encoder_kwargs or {}))
@@ -199,12 +214,20 @@ class DenseModel(
         size = None if self.decoder.out_reduction == 1 else (x.shape[-2], x.shape[-1])
         return self.head(decoded.out, size=size)
 
+    def preprocess(self, images: Any) -> Tensor:
+        """Raw images → the normalised float batch (B, in_chans, H, W) the model takes, on its device: a PIL image,
+        an (H, W, C) / (B, H, W, C) uint8 array, a (C, H, W) / (B, C, H, W) uint8 tensor, or a list of these
+        (:func:`predec.models.preprocess.preprocess` with this model's ``mean`` and ``std``)."""
+        device = next(self.parameters()).device
+        return preprocess(images, self.mean, self.std, device=device)
+
     @torch.no_grad()
-    def predict(self, x: Tensor, pad_mode: str = "reflect") -> Tensor:
+    def predict(self, x: Any, pad_mode: str = "reflect") -> Tensor:
         """Inference on any input size: eval mode, no grad, pad bottom/right to ``output_stride``, crop back.
 
         Args:
-            x: normalised images (B, in_chans, H, W) of any H, W.
+            x: normalised float images (B, in_chans, H, W) of any H, W; or raw images — a PIL image, a uint8
+                array or tensor, a list of them — normalised first by :meth:`preprocess`.
             pad_mode: ``"reflect"`` (default; falls back to ``"replicate"`` when the image is smaller than the
                 padding), ``"replicate"`` or ``"constant"`` (zeros).
 
@@ -213,6 +236,14 @@ class DenseModel(
         """
         if pad_mode not in PAD_MODES:
             raise _unknown("pad_mode", pad_mode, PAD_MODES)
+        if not (isinstance(x, Tensor) and x.is_floating_point()):
+            x = self.preprocess(x)
+        elif x.numel() and float(x.detach().abs().amax()) > 25.0:
+            warnings.warn(
+                f"predict: input values up to {float(x.detach().abs().amax()):.0f} look like raw 0-255 pixels in a "
+                "float tensor; pass uint8 images (predict normalises them) or model.preprocess(images).",
+                stacklevel=2,
+            )
         if x.ndim != 4:
             raise ValueError(f"Expected images (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}.")
         h, w = x.shape[-2:]
@@ -331,6 +362,9 @@ def head_options(arch: str | None, head_kwargs: Mapping[str, Any] | None, *, str
         resolved["channels"] = None  # no blocks, no width: every linear head records the same options
     return resolved
 
+
+INPUT_NORMALISATION_KEYS = ("mean", "std")
+"""Config keys of the model's input normalisation (:meth:`DenseModel.preprocess`), not of its architecture."""
 
 FILE_OPTION_LIMITS = {"int": 16384, "list": 32, "str": 64}
 """Bounds on the backbone options a model file (config.json, a checkpoint's recipe) may carry: integers up to 16384
