@@ -126,6 +126,8 @@ def test_predict_writes_colour_and_raw_outputs(runs, images, tmp_path, task, arc
         assert raw.dtype == np.uint16 and metres.shape == (40, 48)
         np.testing.assert_allclose(raw / 1000.0, metres, atol=0.5e-3 + 1e-6)
         assert metres.min() > 0 and metres.max() <= 10.0
+        assert Image.open(out / "scene0_depth_bar.png").size[0] > 48  # the map and its colour bar
+        assert manifest["class_names"] is None
     else:
         labels = Image.open(out / "scene0_labels.png")
         assert labels.mode == "P" and labels.size == (48, 40)
@@ -133,6 +135,13 @@ def test_predict_writes_colour_and_raw_outputs(runs, images, tmp_path, task, arc
         logits = np.load(out / "scene0_logits.npy")
         assert logits.shape == (6, 40, 48)
         np.testing.assert_array_equal(values, logits.argmax(0))
+        overlay = Image.open(out / "scene0_overlay.png")
+        assert overlay.mode in ("RGB", "RGBA") and overlay.size[0] > 48  # the image and its legend
+        from predec.data.synthetic import SCENE_CLASSES
+
+        # A train checkpoint records its recipe (SynthScenes' classes); a model folder does not.
+        names = list(SCENE_CLASSES) if "checkpoints" in str(checkpoint) else [f"class {k}" for k in range(6)]
+        assert manifest["class_names"] == names and manifest["outputs"][0]["overlay"].endswith("scene0_overlay.png")
 
 
 def test_eval_checkpoint_of_another_architecture_is_an_error(runs, capsys):

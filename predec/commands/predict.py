@@ -9,12 +9,15 @@ back); an image whose longer side exceeds --max-size (2048) is refused unless --
 STEM, DIR receives:
 
   depth:         STEM_depth.png (colour: perceptually uniform colormap, default magma, near = bright, per-image
-                 range), STEM_depth16.png (16-bit PNG, millimetres; 1/256 m units if the model's max_depth exceeds
-                 65.535 m), and with --npy STEM_depth.npy (float32 metres)
-  segmentation:  STEM_labels.png (palette PNG: pixel values are class ids, colours the VOC palette), and with
+                 range), STEM_depth_bar.png (the same with a colour bar in metres), STEM_depth16.png (16-bit PNG,
+                 millimetres; 1/256 m units if the model's max_depth exceeds 65.535 m), and with --npy
+                 STEM_depth.npy (float32 metres)
+  segmentation:  STEM_labels.png (palette PNG: pixel values are class ids, colours the VOC palette),
+                 STEM_overlay.png (the image with the classes blended over it and a legend naming the classes
+                 present: the training dataset's class names when the checkpoint records its recipe), and with
                  --npy STEM_logits.npy (float32 class scores)
 
-plus predictions.json listing the files, the depth PNG scale and the model.
+plus predictions.json listing the files, the depth PNG scale, the class names and the model.
 """
 
 from __future__ import annotations
@@ -121,6 +124,64 @@ def resolve_device(name: str) -> Any:
     return device
 
 
+def class_names(checkpoint: Any, config: Any) -> list[str]:
+    """Names of the model's classes: those of the dataset its recipe trained on (a ``predec train`` checkpoint
+    records it) when their number matches, else ``class 0``, ``class 1``, ..."""
+    from predec.engine.datamodule import dataset_classes
+
+    count = int(config.model.num_classes or 0)
+    names = dataset_classes(config.data) if checkpoint.config is not None else None
+    return list(names) if names and len(names) == count else [f"class {k}" for k in range(count)]
+
+
+def save_overlay(path: Path, image: np.ndarray, labels: np.ndarray, names: list[str]) -> None:
+    """The image with the predicted classes blended over it (VOC palette, as the label PNG) and a legend of the
+    classes present (colour and name)."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from predec.data.io import voc_palette
+
+    palette = voc_palette(256)
+    blended = (0.5 * image + 0.5 * palette[labels]).astype(np.uint8)
+    height, width = labels.shape
+    legend_width = 130  # pixels right of the image
+    figure = plt.figure(figsize=((width + legend_width) / 100, max(height / 100, 1.2)), dpi=100)
+    image_share = width / (width + legend_width)
+    axes = figure.add_axes((0, 0, image_share, 1))
+    axes.imshow(blended)
+    axes.axis("off")
+    present = [int(k) for k in np.unique(labels)]
+    handles = [Patch(color=palette[k] / 255, label=names[k] if k < len(names) else f"class {k}") for k in present]
+    figure.legend(handles=handles, loc="center left", bbox_to_anchor=(image_share, 0.5), frameon=False, fontsize=8)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def save_depth_figure(path: Path, depth: np.ndarray, colormap: str) -> None:
+    """The depth map in colour with a colour bar in metres (the range of ``colorize_depth``)."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    valid = np.isfinite(depth) & (depth > 0)
+    low, high = np.percentile(depth[valid], [2, 98]) if valid.any() else (0.0, 1.0)
+    height, width = depth.shape
+    figure, axes = plt.subplots(figsize=(width / 100 + 1.4, max(height / 100, 1.2)), dpi=100)
+    cmap = matplotlib.colormaps[colormap].reversed()  # near = bright, as colorize_depth
+    shown = axes.imshow(np.where(valid, depth, np.nan), cmap=cmap, vmin=low, vmax=max(high, low + 1e-6))
+    axes.axis("off")
+    figure.colorbar(shown, ax=axes, fraction=0.08, pad=0.02).set_label("depth (m)", fontsize=8)
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+
+
 def check_colormap(name: str) -> None:
     """Raise ``ValueError`` naming close matplotlib colormaps if ``name`` is not one."""
     import difflib
@@ -164,6 +225,7 @@ def _predict(args: argparse.Namespace) -> int:
     transform = eval_transform()
     task = config.model.task
     depth_scale = 1e-3 if config.model.max_depth <= 65.535 else 1.0 / 256.0
+    names = class_names(checkpoint, config) if task == "segmentation" else []
     args.out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     for path, stem in tqdm(list(zip(args.images, _unique_stems(args.images))), desc="predict", unit="image"):
@@ -187,6 +249,8 @@ def _predict(args: argparse.Namespace) -> int:
             Image.fromarray(colorize_depth(depth, args.colormap)).save(entry["depth_color"])
             entry["depth_png"] = str(args.out / f"{stem}_depth16.png")
             write_depth(entry["depth_png"], depth, depth_scale)
+            entry["depth_figure"] = str(args.out / f"{stem}_depth_bar.png")
+            save_depth_figure(Path(entry["depth_figure"]), depth, args.colormap)
             if args.npy:
                 entry["depth_npy"] = str(args.out / f"{stem}_depth.npy")
                 np.save(entry["depth_npy"], depth.astype(np.float32))
@@ -194,6 +258,8 @@ def _predict(args: argparse.Namespace) -> int:
             labels = output.argmax(dim=0).numpy().astype(np.uint8)
             entry["labels"] = str(args.out / f"{stem}_labels.png")
             write_label(entry["labels"], labels)
+            entry["overlay"] = str(args.out / f"{stem}_overlay.png")
+            save_overlay(Path(entry["overlay"]), image, labels, names)
             if args.npy:
                 entry["logits_npy"] = str(args.out / f"{stem}_logits.npy")
                 np.save(entry["logits_npy"], output.numpy().astype(np.float32))
@@ -203,6 +269,7 @@ def _predict(args: argparse.Namespace) -> int:
         "model": to_dict(config.model),
         "task": task,
         "depth_png_scale_m": depth_scale if task == "depth" else None,
+        "class_names": names or None,
         "outputs": written,
     }
     (args.out / "predictions.json").write_text(json.dumps(manifest, indent=2) + "\n")
