@@ -122,6 +122,19 @@ class Canary:
         return (Path.write_text, (self.directory / "pwned", "unpickled"))
 
 
+def children_of(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", type=Path, help="work here and keep the files (default: a temporary directory)")
@@ -283,6 +296,29 @@ def main(argv: list[str] | None = None) -> int:
     record("eval of a checkpoint with a flipped byte and no sidecar", "predec eval --checkpoint flipped/last.ckpt",
            out, (out.code == 0 and warned) or one_line_exit_2(out),
            warning[0].split("UserWarning: ")[-1] if warned else "loaded silently")  # fmt: skip
+
+    # 6. Demo workers exit when their parent is killed.
+    demo = subprocess.Popen(
+        [shutil.which("predec") or "predec", "demo", "--quick", "--out", str(work / "demo"), "workers=2"],
+        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    workers: list[int] = []
+    for _ in range(120):  # wait for the worker processes (up to a minute)
+        time.sleep(0.5)
+        workers = children_of(demo.pid)
+        if len(workers) >= 2:
+            break
+    demo.kill()
+    demo.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.5)
+    left = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in left:
+        os.kill(pid, 9)
+    note = f"{len(workers)} worker(s) seen, {len(left)} left 20 s after the parent's SIGKILL"
+    record("kill -9 the parent of a running `predec demo --quick` (2 workers)", "kill -9 <predec demo pid>", None,
+           bool(workers) and not left, note)  # fmt: skip
 
     failed = sum(not ok for *_, ok, _ in rows)
     print("| probe | command | exit | traceback | stderr (last line) | outside files | verdict |")
