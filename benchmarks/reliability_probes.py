@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     left = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
     for pid in left:
         os.kill(pid, 9)
-    note = f"{len(workers)} worker(s) seen, {len(left)} left 20 s after the parent's SIGKILL"
+    note = f"{len(workers)} child processes seen (workers, resource tracker), {len(left)} left 20 s after the SIGKILL"
     record("kill -9 the parent of a running `predec demo --quick` (2 workers)", "kill -9 <predec demo pid>", None,
            bool(workers) and not left, note)  # fmt: skip
 
