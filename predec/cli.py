@@ -44,13 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv``; ``key=value`` overrides may also follow the flags (``--overwrite trainer.max_steps=20``).
+    """Parse ``argv``; ``key=value`` overrides may also follow the flags (``--overwrite trainer.max_steps=20``) and
+    be written as flags, as in Lightning's and Hydra's command lines (``--trainer.max_steps=20``).
 
     argparse ends a positional list at the first flag, so overrides after one come back unknown: they join the
     command's overrides (``overrides``, or ``names`` for ``predec zoo``). Anything else unknown is an error.
     """
     args, unknown = parser.parse_known_args(argv)
     positional = next((name for name in ("overrides", "names") if isinstance(getattr(args, name, None), list)), None)
+    unknown = [a[2:] if a.startswith("--") and "." in a.split("=", 1)[0] and "=" in a else a for a in unknown]
     if unknown and positional and all("=" in a and not a.startswith("-") for a in unknown):
         getattr(args, positional).extend(unknown)
     elif unknown:

@@ -17,6 +17,8 @@ def test_overrides_may_follow_flags():
     assert args.names == ["synth-resnet18h-slotcon", "trainer.max_steps=3"] and str(args.out) == "d"
     args = parse_args(parser, ["demo", "--quick", "--out", "d", "finetune.seeds=[0]"])
     assert args.overrides == ["finetune.seeds=[0]"]
+    args = parse_args(parser, ["train", "--config", "c", "--trainer.max_steps=20", "--overwrite", "--optim.lr=0.1"])
+    assert args.overrides == ["trainer.max_steps=20", "optim.lr=0.1"] and args.overwrite
 
 
 def test_unknown_flags_and_words_are_still_refused(capsys):
