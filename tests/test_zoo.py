@@ -153,3 +153,11 @@ def test_tiny_zoo_build_end_to_end(tmp_path, capsys):
     assert main(["zoo", "list", "--json"]) == 0
     listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert set(recipe_names()) <= set(listed)
+
+
+def test_python_lists_the_entries_with_a_pattern():
+    import predec.zoo
+
+    names = predec.zoo.list()
+    assert "synth-resnet18h-cls" in names and names == sorted(names)
+    assert predec.zoo.list("*decon*") == [n for n in names if "decon" in n] and predec.zoo.list("nope*") == []
