@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -60,6 +62,19 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     return args
 
 
+def show_predec_info() -> None:
+    """Print predec's INFO messages on stderr (which weights went into which part of the model, with the counts of
+    loaded / missing / unexpected tensors), on the first process of a launch only; once per process."""
+    log = logging.getLogger("predec")
+    if any(getattr(h, "_predec_cli", False) for h in log.handlers) or os.environ.get("RANK", "0") != "0":
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._predec_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``predec`` console script (``argv`` None: ``sys.argv``, and the process is first
     re-executed under the caching allocator, see :mod:`predec.allocator`; a list: run in this process as it is)."""
@@ -67,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from predec.allocator import reexec_with_allocator
 
         reexec_with_allocator(sys.argv[1:])
+    show_predec_info()
     parser = build_parser()
     args = parse_args(parser, argv)
     if not getattr(args, "_run", None):

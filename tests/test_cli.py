@@ -59,3 +59,17 @@ def test_lightning_tips_are_dropped_and_its_other_messages_kept(caplog):
         rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
         rank_zero_info("GPU available: False, used: False")
     assert "Tip" not in caplog.text and "GPU available" in caplog.text
+
+
+def test_the_cli_shows_which_weights_it_loaded(capsys, monkeypatch):
+    import logging
+
+    from predec.cli import show_predec_info
+
+    log = logging.getLogger("predec")
+    monkeypatch.setattr(log, "handlers", [h for h in log.handlers if not getattr(h, "_predec_cli", False)])
+    monkeypatch.setattr(log, "level", log.level)
+    show_predec_info()
+    show_predec_info()  # once per process
+    logging.getLogger("predec.models.weights").info("encoder.model <- predec:x: loaded 126 tensors")
+    assert capsys.readouterr().err == "encoder.model <- predec:x: loaded 126 tensors\n"
