@@ -23,15 +23,6 @@ METRIC_LABELS: dict[str, str] = {
 }
 SCENE_CLASS_NAMES: tuple[str, ...] = ("floor", "wall", "sphere", "box", "cylinder", "cone")
 """SynthScenes' classes in label order (``predec.data.synthetic.SCENE_CLASSES``; checked by a test)."""
-SEGMENTATION_COLORS: tuple[tuple[int, int, int], ...] = (
-    (128, 128, 128),  # floor
-    (230, 200, 140),  # wall
-    (220, 50, 50),  # sphere
-    (50, 120, 220),  # box
-    (60, 180, 75),  # cylinder
-    (245, 130, 48),  # cone
-)
-"""Colours of SynthScenes' classes in the prediction grids (ignored pixels are black)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -414,12 +405,13 @@ def report_markdown(results: dict[str, Any], figures: Sequence[Path] = ()) -> st
 
 
 def colorize_labels(labels: Any) -> Any:
-    """(H, W) class indices → (H, W, 3) uint8 colours (:data:`SEGMENTATION_COLORS`; others black)."""
+    """(H, W) class indices → (H, W, 3) uint8 colours: the VOC palette of ``predec predict``'s label PNGs and
+    overlays (one palette everywhere; 255, ignored, is VOC's light grey)."""
     import numpy as np
 
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[: len(SEGMENTATION_COLORS)] = SEGMENTATION_COLORS
-    return palette[np.asarray(labels, dtype=np.uint8)]
+    from predec.data.io import voc_palette
+
+    return voc_palette(256)[np.asarray(labels, dtype=np.uint8)]
 
 
 def prediction_grid(
@@ -457,14 +449,32 @@ def prediction_grid(
             if r == 0:
                 ax.set_title(columns[c], fontsize=7)
     fig.suptitle(f"{task}: evaluation scenes (first seed of each variant)", fontsize=9)
-    return save_figure(fig, path)
+    if task == "segmentation":
+        from matplotlib.patches import Patch
+
+        from predec.data.io import voc_palette
+
+        palette = voc_palette(len(SCENE_CLASS_NAMES))
+        handles = [Patch(color=palette[k] / 255, label=name) for k, name in enumerate(SCENE_CLASS_NAMES)]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+        return save_figure(fig, path, rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))  # room below for the colour bar, added after the layout
+    scale = plt.cm.ScalarMappable(plt.Normalize(0.0, 10.0), "magma_r")
+    bar = fig.colorbar(scale, cax=fig.add_axes((0.3, 0.085, 0.4, 0.015)), orientation="horizontal")
+    bar.set_label("depth (m)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    return save_figure(fig, path, layout=False)
 
 
-def save_figure(fig: Any, path: Path) -> Path:
-    """Lay out ``fig``, write it as a PNG at ``path`` (folders created, 110 dpi), close it and return ``path``."""
+def save_figure(
+    fig: Any, path: Path, rect: tuple[float, float, float, float] | None = None, layout: bool = True
+) -> Path:
+    """Lay out ``fig`` (inside ``rect``, figure fractions, if given; ``layout=False``: as it is), write it as a PNG at
+    ``path`` (folders created, 110 dpi), close it and return ``path``."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout(rect=rect)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
