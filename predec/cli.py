@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import predec
 
@@ -62,13 +63,26 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     return args
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler writing to ``sys.stderr`` as it is at each message (pytest, notebooks and IDEs replace it;
+    a handler holding the stream it started with would write to a closed one)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # logging.StreamHandler.__init__ sets it; sys.stderr is always used
+        pass
+
+
 def show_predec_info() -> None:
     """Print predec's INFO messages on stderr (which weights went into which part of the model, with the counts of
     loaded / missing / unexpected tensors), on the first process of a launch only; once per process."""
     log = logging.getLogger("predec")
     if any(getattr(h, "_predec_cli", False) for h in log.handlers) or os.environ.get("RANK", "0") != "0":
         return
-    handler = logging.StreamHandler()
+    handler = _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._predec_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)

@@ -516,7 +516,7 @@ def load_state(
         if strict:
             raise ValueError(f"Weights {origin!r} do not fit the {part}:\n{report.summary()}{hint}")
         logger.warning(report.summary())
-    else:
-        logger.info(report.summary())
+    else:  # the parts a recipe's weight specs fill are news; a whole saved model reloaded is not
+        logger.log(logging.DEBUG if part == "model" else logging.INFO, report.summary())
     target.module.load_state_dict(to_load, strict=False)
     return report
