@@ -55,12 +55,18 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     """
     args, unknown = parser.parse_known_args(argv)
     positional = next((name for name in ("overrides", "names") if isinstance(getattr(args, name, None), list)), None)
-    unknown = [a[2:] if a.startswith("--") and "." in a.split("=", 1)[0] and "=" in a else a for a in unknown]
+    unknown = [_flag_as_override(a) for a in unknown]
     if unknown and positional and all("=" in a and not a.startswith("-") for a in unknown):
         getattr(args, positional).extend(unknown)
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
+
+
+def _flag_as_override(word: str) -> str:
+    """``--trainer.max_steps=20`` → ``trainer.max_steps=20`` (a dotted key with a value); other words unchanged."""
+    key, has_value, _ = word.partition("=")
+    return word[2:] if word.startswith("--") and has_value and "." in key else word
 
 
 class _CurrentStderrHandler(logging.StreamHandler):
@@ -80,11 +86,10 @@ def show_predec_info() -> None:
     """Print predec's INFO messages on stderr (which weights went into which part of the model, with the counts of
     loaded / missing / unexpected tensors), on the first process of a launch only; once per process."""
     log = logging.getLogger("predec")
-    if any(getattr(h, "_predec_cli", False) for h in log.handlers) or os.environ.get("RANK", "0") != "0":
+    if any(isinstance(h, _CurrentStderrHandler) for h in log.handlers) or os.environ.get("RANK", "0") != "0":
         return
     handler = _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._predec_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(logging.INFO)
 

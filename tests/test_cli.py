@@ -67,7 +67,7 @@ def test_the_cli_shows_which_weights_it_loaded(capsys, monkeypatch):
     from predec.cli import show_predec_info
 
     log = logging.getLogger("predec")
-    monkeypatch.setattr(log, "handlers", [h for h in log.handlers if not getattr(h, "_predec_cli", False)])
+    monkeypatch.setattr(log, "handlers", [h for h in log.handlers if type(h).__name__ != "_CurrentStderrHandler"])
     monkeypatch.setattr(log, "level", log.level)
     show_predec_info()
     show_predec_info()  # once per process

@@ -208,8 +208,6 @@ def _predict(args: argparse.Namespace) -> int:
 
     from predec.config import to_dict
     from predec.data.io import read_image, write_depth, write_label
-    from predec.data.sample import make_sample
-    from predec.data.transforms import eval_transform
     from predec.engine.dense_checkpoint import inference_config, load_dense_checkpoint, load_inference_module
 
     device = resolve_device(args.device)  # bad options fail before the checkpoint is read
@@ -222,7 +220,6 @@ def _predict(args: argparse.Namespace) -> int:
         config.eval.resize = list(args.resize)
     module = load_inference_module(checkpoint, config)
     module = module.to(device).eval()
-    transform = eval_transform()
     task = config.model.task
     depth_scale = 1e-3 if config.model.max_depth <= 65.535 else 1.0 / 256.0
     names = class_names(checkpoint, config) if task == "segmentation" else []
@@ -238,8 +235,7 @@ def _predict(args: argparse.Namespace) -> int:
                 f"size needs memory in proportion to the pixels. Pass --resize {round(height * scale)} "
                 f"{round(width * scale)} (outputs are resized back) or a larger --max-size."
             )
-        sample = transform(make_sample(image))
-        images = torch.as_tensor(sample["image"]).as_subclass(torch.Tensor).unsqueeze(0).to(device)
+        images = module.model.preprocess(image)  # the model's normalisation, on its device
         with torch.no_grad():
             output = module.inference(images)[0].float().cpu()
         entry: dict[str, Any] = {"image": str(path)}

@@ -160,13 +160,13 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} not found.")
-    verified = verify_checkpoint(path)
-    if verified is False and recorded_checksum(path) is None:
+    if checksum_path(path).is_file() and recorded_checksum(path) is None:
         raise CorruptCheckpointError(
             f"Checkpoint {str(path)!r} cannot be verified: its checksum file {str(checksum_path(path))!r} is empty "
             "or unreadable (no sha256 in it). If you trust the checkpoint, delete that file (it is then loaded "
             f"unverified, if its tensors are finite); else resume from {str(previous_checkpoint(path))!r}."
         )
+    verified = verify_checkpoint(path)
     if verified is False:
         raise CorruptCheckpointError(
             f"Checkpoint {str(path)!r} is corrupt: its sha256 {sha256_file(path)[:12]}… does not match "

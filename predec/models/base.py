@@ -147,8 +147,8 @@ class DenseModel(
                 f"mean={list(self.mean)}, std={list(self.std)}: one value per input channel ({self.in_chans}), "
                 "std > 0 (the normalisation of the model's inputs, e.g. ImageNet's)."
             )
-        self._hub_mixin_config = {**(self._hub_mixin_config or {}), "mean": list(self.mean), "std": list(self.std)}
         recorded = {**recorded_options(arch, decoder_kwargs), "head_kwargs": head}
+        recorded |= {"mean": list(self.mean), "std": list(self.std)}
         self._hub_mixin_config = {**(self._hub_mixin_config or {}), **recorded}
         self.encoder = TimmBackbone(encoder, in_chans=in_chans, **(encoder_kwargs or {}))
         if arch == "xnet":
@@ -238,9 +238,9 @@ class DenseModel(
             raise _unknown("pad_mode", pad_mode, PAD_MODES)
         if not (isinstance(x, Tensor) and x.is_floating_point()):
             x = self.preprocess(x)
-        elif x.numel() and float(x.detach().abs().amax()) > 25.0:
+        elif x.numel() and (largest := float(x.detach().abs().amax())) > 25.0:
             warnings.warn(
-                f"predict: input values up to {float(x.detach().abs().amax()):.0f} look like raw 0-255 pixels in a "
+                f"predict: input values up to {largest:.0f} look like raw 0-255 pixels in a "
                 "float tensor; pass uint8 images (predict normalises them) or model.preprocess(images).",
                 stacklevel=2,
             )
